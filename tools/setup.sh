@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Install everything the project needs on a Debian 12 controller, idempotently:
+#   - Debian packages: QEMU >= 8.0 (igb SR-IOV; from bookworm-backports on Debian 12),
+#     debootstrap, e2fsprogs, openssh-client, python3-venv;
+#   - a virtual environment in .venv with the pinned Python toolchain;
+#   - the collections of requirements.yml.
+# Runs as root or through sudo for apt. Cheap when nothing changed (a stamp per input).
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+venv=$top/.venv
+python=${PYTHON:-python3}
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+qemu_ok() {
+  # igb emulation with SR-IOV arrived in QEMU 8.0.
+  command -v qemu-system-x86_64 >/dev/null &&
+    qemu-system-x86_64 -device help 2>/dev/null | grep -q '"igb"'
+}
+
+missing=()
+for pkg in debootstrap e2fsprogs openssh-client qemu-utils python3-venv ca-certificates; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ] || ! qemu_ok; then
+  export DEBIAN_FRONTEND=noninteractive
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  if [ "$codename" = bookworm ] && ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo "setup: enabling bookworm-backports for QEMU >= 8.0"
+    echo "deb http://deb.debian.org/debian bookworm-backports main" |
+      as_root tee /etc/apt/sources.list.d/hpc-datapath-backports.list >/dev/null
+  fi
+  echo "setup: apt-get install ${missing[*]} qemu-system-x86"
+  as_root apt-get update -q >/dev/null
+  [ ${#missing[@]} -eq 0 ] || as_root apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  if ! qemu_ok; then
+    target=()
+    [ "$codename" = bookworm ] && target=(-t bookworm-backports)
+    as_root apt-get install -y -q --no-install-recommends "${target[@]}" qemu-system-x86 qemu-utils >/dev/null
+  fi
+  qemu_ok || { echo "setup: QEMU with the igb device (8.0 or newer) is required" >&2; exit 1; }
+fi
+
+stamp=$venv/.installed
+inputs=("$top/requirements.txt" "$top/constraints.txt" "$top/requirements.yml")
+if [ ! -f "$stamp" ] || [ -n "$(find "${inputs[@]}" -newer "$stamp")" ]; then
+  [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$top/requirements.txt" -c "$top/constraints.txt"
+  "$venv/bin/ansible-galaxy" collection install -r "$top/requirements.yml" >/dev/null
+  touch "$stamp"
+  echo "setup: toolchain ready in $venv"
+fi
