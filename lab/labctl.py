@@ -389,7 +389,10 @@ def status(_args: argparse.Namespace) -> None:
     print(f"image: {image_dir()} ({'cached' if (image_dir() / 'root.qcow2').exists() else 'not built'})")
     print(f"state: {state}; {len(running)} QEMU process(es) running")
     with contextlib.suppress(FileNotFoundError):
-        print((state / "state.json").read_text(), end="")
+        record = json.loads((state / "state.json").read_text())
+        print(f"accelerator: {record['accel']}; booted in {record['boot_seconds']} s")
+        for entry in record["nodes"] if running else []:
+            print(f"  {entry['name']}: ssh -F {state / 'ssh_config'} {entry['name']}  (127.0.0.1:{entry['ssh_port']})")
 
 
 def ssh(args: argparse.Namespace) -> None:
