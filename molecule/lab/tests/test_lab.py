@@ -3,9 +3,11 @@
 import os
 import re
 import time
+from dataclasses import dataclass
 
 import pytest
 import testinfra
+import testinfra.host
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 NODES = ("node1", "node2")
@@ -15,65 +17,67 @@ def node(name):
     return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
 
 
-def index_of(host):
-    return int(re.fullmatch(r"node(\d+)", host.backend.host.name).group(1))
-
-
 def nic_by_mac(host, mac):
     """The interface name carrying this MAC (labctl.py sets MACs 52:54:00:10:<node>:<nic>)."""
     out = host.check_output(f"grep -l -x -i {mac} /sys/class/net/*/address")
     return out.split("/")[4]
 
 
+@dataclass(frozen=True)
+class LabNode:
+    name: str
+    index: int
+    host: testinfra.host.Host
+
+
 @pytest.fixture(params=NODES)
 def lab_node(request):
-    return node(request.param)
+    return LabNode(request.param, NODES.index(request.param) + 1, node(request.param))
 
 
 def test_hostname_is_the_inventory_name(lab_node):
-    assert lab_node.check_output("hostname") == lab_node.backend.host.name
+    assert lab_node.host.check_output("hostname") == lab_node.name
 
 
 def test_two_nvme_controllers_with_fixed_serials(lab_node):
-    serials = lab_node.check_output("cat /sys/class/nvme/nvme*/serial").split()
-    n = index_of(lab_node)
-    assert sorted(serials) == [f"LABN{n}NVME0", f"LABN{n}NVME1"]
+    serials = lab_node.host.check_output("cat /sys/class/nvme/nvme*/serial").split()
+    assert sorted(serials) == [f"LABN{lab_node.index}NVME0", f"LABN{lab_node.index}NVME1"]
 
 
 def test_root_disk_is_not_nvme(lab_node):
-    assert lab_node.check_output("findmnt -n -o SOURCE /") == "/dev/vda"
+    assert lab_node.host.check_output("findmnt -n -o SOURCE /") == "/dev/vda"
 
 
 @pytest.mark.parametrize("module", ["bonding", "rdma_rxe", "raid0", "nfs", "xfs"])
 def test_kernel_module_loads(lab_node, module):
-    lab_node.run_expect([0], f"modprobe {module}")
-    assert lab_node.run(f"grep -q '^{module} ' /proc/modules").rc == 0
+    lab_node.host.run_expect([0], f"modprobe {module}")
+    assert lab_node.host.run(f"grep -q '^{module} ' /proc/modules").rc == 0
 
 
 def test_data_nics_report_25g(lab_node):
-    n = index_of(lab_node)
+    host = lab_node.host
     for nic in (2, 3):
-        name = nic_by_mac(lab_node, f"52:54:00:10:{n:02x}:{nic:02x}")
-        lab_node.run_expect([0], f"ip link set {name} up")
-        assert lab_node.check_output(f"cat /sys/class/net/{name}/speed") == "25000"
-        assert lab_node.check_output(f"cat /sys/class/net/{name}/duplex") == "full"
+        name = nic_by_mac(host, f"52:54:00:10:{lab_node.index:02x}:{nic:02x}")
+        host.run_expect([0], f"ip link set {name} up")
+        assert host.check_output(f"cat /sys/class/net/{name}/speed") == "25000"
+        assert host.check_output(f"cat /sys/class/net/{name}/duplex") == "full"
 
 
 def test_igb_creates_sriov_vfs(lab_node):
-    n = index_of(lab_node)
-    pf = nic_by_mac(lab_node, f"52:54:00:10:{n:02x}:04")
+    host = lab_node.host
+    pf = nic_by_mac(host, f"52:54:00:10:{lab_node.index:02x}:04")
     device = f"/sys/class/net/{pf}/device"
-    assert lab_node.check_output(f"basename $(readlink {device}/driver)") == "igb"
-    assert int(lab_node.check_output(f"cat {device}/sriov_totalvfs")) >= 4
+    assert host.check_output(f"basename $(readlink {device}/driver)") == "igb"
+    assert int(host.check_output(f"cat {device}/sriov_totalvfs")) >= 4
     try:
-        lab_node.run_expect([0], f"echo 2 > {device}/sriov_numvfs")
-        virtfns = lab_node.check_output(f"ls -d {device}/virtfn*").split()
+        host.run_expect([0], f"echo 2 > {device}/sriov_numvfs")
+        virtfns = host.check_output(f"ls -d {device}/virtfn*").split()
         assert len(virtfns) == 2
-        drivers = {lab_node.check_output(f"basename $(readlink {vf}/driver)") for vf in virtfns}
+        drivers = {host.check_output(f"basename $(readlink {vf}/driver)") for vf in virtfns}
         assert drivers == {"igbvf"}
     finally:
-        lab_node.run(f"echo 0 > {device}/sriov_numvfs")
-    assert lab_node.run(f"ls -d {device}/virtfn*").rc != 0
+        host.run(f"echo 0 > {device}/sriov_numvfs")
+    assert host.run(f"ls -d {device}/virtfn*").rc != 0
 
 
 @pytest.mark.parametrize("nic", [2, 3, 4], ids=["data0", "data1", "igb"])
