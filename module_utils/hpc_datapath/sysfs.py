@@ -109,19 +109,21 @@ def nvme_namespaces(sys_root=SYS):
             continue
         controller = nvme_controller(os.path.join(block, "device"))
         sectors = read_int(os.path.join(block, "size"), 0)
-        result.append({
-            "name": name,
-            "controller": os.path.basename(controller),
-            "serial": read(os.path.join(controller, "serial")),
-            "model": read(os.path.join(controller, "model")),
-            "firmware": read(os.path.join(controller, "firmware_rev")),
-            "transport": read(os.path.join(controller, "transport")),
-            "pci_address": pci_address(os.path.join(controller, "device")),
-            "numa_node": read_int(os.path.join(controller, "device", "numa_node")),
-            "namespace_id": read_int(os.path.join(block, "nsid")),
-            "size_bytes": sectors * 512,  # sysfs counts 512-byte sectors whatever the LBA size
-            "logical_block_size": read_int(os.path.join(block, "queue", "logical_block_size")),
-        })
+        result.append(
+            {
+                "name": name,
+                "controller": os.path.basename(controller),
+                "serial": read(os.path.join(controller, "serial")),
+                "model": read(os.path.join(controller, "model")),
+                "firmware": read(os.path.join(controller, "firmware_rev")),
+                "transport": read(os.path.join(controller, "transport")),
+                "pci_address": pci_address(os.path.join(controller, "device")),
+                "numa_node": read_int(os.path.join(controller, "device", "numa_node")),
+                "namespace_id": read_int(os.path.join(block, "nsid")),
+                "size_bytes": sectors * 512,  # sysfs counts 512-byte sectors whatever the LBA size
+                "logical_block_size": read_int(os.path.join(block, "queue", "logical_block_size")),
+            }
+        )
     return result
 
 
