@@ -1,0 +1,489 @@
+# Copyright: contributors to hpc-datapath
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""roce_ipam_assign: cluster-wide RoCE addresses that never move and are never handed out twice.
+
+A pure function of (ledger, pools, requests, release): the ledger records every address handed
+out, keyed by (pool, host, device). Addresses in it never move; new keys take the lowest free
+address of their pool in natural order of host, then device. Self-contained on purpose: a filter
+file that imports module_utils is skipped by Ansible, and its filters vanish.
+
+Addresses are handled as integers. Free space is searched with sorted blocked intervals (network
+and broadcast addresses, gateway, exclusions, outside the range) plus a "next free" map with
+path compression for taken addresses, so a /64 with half of it excluded answers at once and
+80,000 allocations stay linear.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from bisect import bisect_right
+from collections import defaultdict
+from functools import lru_cache
+from itertools import pairwise
+
+import netaddr
+from ansible.errors import AnsibleFilterError
+
+LEDGER_VERSION = 1
+_FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+_WIDTH = {4: 4, 6: 16}
+
+
+def _fail(message):
+    raise AnsibleFilterError(f"roce_ipam_assign: {message}")
+
+
+@lru_cache(maxsize=1 << 16)
+def natural_key(text):
+    """'node2' before 'node10': digit runs compare as numbers."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)), text
+
+
+def format_address(value, version):
+    """Canonical text of an address: dotted quad, or RFC 5952 compressed IPv6."""
+    return socket.inet_ntop(_FAMILY[version], value.to_bytes(_WIDTH[version], "big"))
+
+
+def parse_address(text, version=None):
+    """(integer, version) of an address in any valid spelling, or None when it is not one."""
+    if not isinstance(text, str):
+        return None
+    for candidate in (version,) if version else (4, 6):
+        try:
+            return int.from_bytes(socket.inet_pton(_FAMILY[candidate], text), "big"), candidate
+        except OSError:
+            continue
+    return None
+
+
+def _merge(intervals):
+    merged = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return merged
+
+
+class Pool:
+    """One pool's address space: what may be handed out, and what is already taken."""
+
+    def __init__(self, spec, index):
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+            _fail(f"pools[{index}] needs a non-empty string 'name'")
+        self.name = spec["name"]
+        try:
+            network = netaddr.IPNetwork(str(spec.get("subnet")))
+        except (netaddr.AddrFormatError, ValueError, TypeError):
+            _fail(f"pool {self.name}: subnet {spec.get('subnet')!r} is not a CIDR")
+        if network.ip != network.network:
+            _fail(f"pool {self.name}: subnet {spec['subnet']} has host bits set (network is {network.cidr})")
+        self.network = network
+        self.version = network.version
+        self.prefix = network.prefixlen
+        self.first = int(network.first)
+        self.last = int(network.last)
+        self.gateway = self._address_in_subnet(spec.get("gateway"), "gateway")
+        self.gateway_text = format_address(self.gateway, self.version) if self.gateway is not None else None
+        start = self._address_in_subnet(spec.get("range_start"), "range_start")
+        end = self._address_in_subnet(spec.get("range_end"), "range_end")
+        self.low = self.first if start is None else start
+        self.high = self.last if end is None else end
+        if self.low > self.high:
+            _fail(f"pool {self.name}: range_start {spec['range_start']} is above range_end {spec['range_end']}")
+
+        # Addresses that are never handed out by search.
+        self.excluded = _merge(self._exclusions(spec.get("exclude") or []))
+        blocked = [list(interval) for interval in self.excluded]
+        span = self.last - self.first
+        if self.version == 4 and span > 1:  # /31 and /32 have no network or broadcast address
+            blocked += [[self.first, self.first], [self.last, self.last]]
+        if self.version == 6 and span > 1:  # subnet-router anycast (RFC 4291); not in /127, /128
+            blocked.append([self.first, self.first])
+        if self.gateway is not None:
+            blocked.append([self.gateway, self.gateway])
+        self._static_blocked = blocked
+        self.reserved = {}  # (host, device) -> address
+        self.reserved_by_address = {}  # address -> (host, device)
+        for position, reservation in enumerate(spec.get("reserved") or []):
+            self._add_reservation(reservation, position)
+        blocked += [[address, address] for address in self.reserved_by_address]
+        merged = _merge(blocked)
+        self._starts = [interval[0] for interval in merged]
+        self._ends = [interval[1] for interval in merged]
+        self._next = {}  # taken address -> a candidate above it (path-compressed)
+
+    def _address_in_subnet(self, text, field):
+        if text is None:
+            return None
+        parsed = parse_address(text, self.version)
+        if parsed is None:
+            _fail(f"pool {self.name}: {field} {text!r} is not an IPv{self.version} address")
+        if not self.first <= parsed[0] <= self.last:
+            _fail(f"pool {self.name}: {field} {text} is outside subnet {self.network.cidr}")
+        return parsed[0]
+
+    def _exclusions(self, items):
+        if not isinstance(items, list):
+            _fail(f"pool {self.name}: exclude must be a list of addresses or CIDRs")
+        for item in items:
+            try:
+                excluded = netaddr.IPNetwork(str(item))
+            except (netaddr.AddrFormatError, ValueError, TypeError):
+                _fail(f"pool {self.name}: exclude entry {item!r} is neither an address nor a CIDR")
+            if excluded.version != self.version:
+                _fail(f"pool {self.name}: exclude entry {item} is not IPv{self.version}")
+            start, end = max(int(excluded.first), self.first), min(int(excluded.last), self.last)
+            if start <= end:
+                yield (start, end)
+
+    def is_excluded(self, address):
+        index = bisect_right(self.excluded, [address, float("inf")]) - 1
+        return index >= 0 and self.excluded[index][1] >= address
+
+    def unusable_reason(self, address):
+        """Why an address may not be held at all in this pool, or None."""
+        if not self.first <= address <= self.last:
+            return f"outside subnet {self.network.cidr}"
+        if self.is_excluded(address):
+            return "excluded"
+        if address == self.gateway:
+            return "the gateway"
+        if self.last - self.first > 1 and address == self.first:
+            return "the network address"
+        if self.version == 4 and self.last - self.first > 1 and address == self.last:
+            return "the broadcast address"
+        return None
+
+    def _add_reservation(self, reservation, position):
+        if not isinstance(reservation, dict) or not {"host", "device", "ip"} <= reservation.keys():
+            _fail(f"pool {self.name}: reserved[{position}] needs host, device and ip")
+        key = (str(reservation["host"]), str(reservation["device"]))
+        parsed = parse_address(reservation["ip"], self.version)
+        if parsed is None:
+            _fail(f"pool {self.name}: reservation {reservation['ip']!r} for {key[0]}/{key[1]} is not an address")
+        address = parsed[0]
+        reason = self.unusable_reason(address)
+        if reason:
+            _fail(f"pool {self.name}: reservation {reservation['ip']} for host {key[0]} device {key[1]} is {reason}")
+        if address in self.reserved_by_address and self.reserved_by_address[address] != key:
+            other = self.reserved_by_address[address]
+            _fail(
+                f"pool {self.name}: {reservation['ip']} is reserved for both "
+                f"{other[0]}/{other[1]} and {key[0]}/{key[1]}"
+            )
+        if key in self.reserved and self.reserved[key] != address:
+            _fail(f"pool {self.name}: host {key[0]} device {key[1]} has two reservations")
+        self.reserved[key] = address
+        self.reserved_by_address[address] = key
+
+    def overlaps(self, other):
+        return self.version == other.version and self.first <= other.last and other.first <= self.last
+
+    def take(self, address):
+        self._next[address] = address + 1
+
+    def is_free(self, address):
+        return address == self.next_free(address)
+
+    def next_free(self, address):
+        """The lowest address >= the given one that search may hand out, or None."""
+        candidate = max(address, self.low)
+        while candidate <= self.high:
+            # Skip taken addresses, compressing the path behind us.
+            root = candidate
+            while root in self._next:
+                root = self._next[root]
+            while candidate in self._next and self._next[candidate] != root:
+                self._next[candidate], candidate = root, self._next[candidate]
+            candidate = root
+            index = bisect_right(self._starts, candidate) - 1
+            if index >= 0 and self._ends[index] >= candidate:
+                candidate = self._ends[index] + 1
+                continue
+            return candidate if candidate <= self.high else None
+        return None
+
+    def free_count(self):
+        """Addresses search could still hand out (for the exhaustion message)."""
+        total = self.high - self.low + 1
+        for start, end in zip(self._starts, self._ends, strict=True):
+            total -= max(0, min(end, self.high) - max(start, self.low) + 1)
+        taken = (address for address in self._next if self.low <= address <= self.high)
+        return total - sum(1 for address in taken if not self._blocked(address))
+
+    def _blocked(self, address):
+        index = bisect_right(self._starts, address) - 1
+        return index >= 0 and self._ends[index] >= address
+
+
+def _load_pools(pools):
+    if not isinstance(pools, list) or not pools:
+        _fail("pools must be a non-empty list of {name, subnet, ...}")
+    loaded = {}
+    for index, spec in enumerate(pools):
+        pool = Pool(spec, index)
+        if pool.name in loaded:
+            _fail(f"pool {pool.name} is defined twice")
+        loaded[pool.name] = pool
+    ordered = sorted(loaded.values(), key=lambda p: (p.version, p.first))
+    for before, after in pairwise(ordered):
+        if before.overlaps(after):
+            _fail(f"pools {before.name} ({before.network.cidr}) and {after.name} ({after.network.cidr}) overlap")
+    return loaded
+
+
+def _ledger_address(pool, host, device, text):
+    """The integer address of a ledger entry, which must be spelt canonically."""
+    parsed = parse_address(text, pool.version)
+    if parsed is None:
+        _fail(f"pool {pool.name}: ledger address {text!r} of host {host} device {device} is not IPv{pool.version}")
+    canonical = format_address(parsed[0], pool.version)
+    if canonical != text:
+        _fail(f"pool {pool.name}: ledger address {text} of host {host} is not canonical (write {canonical})")
+    return parsed[0]
+
+
+def _load_ledger(ledger, pools):
+    """{(pool, host, device): address} from a ledger, refusing anything inconsistent."""
+    if ledger is None:
+        return {}
+    if not isinstance(ledger, dict) or ledger.get("version") != LEDGER_VERSION:
+        _fail(f"the ledger must be a mapping with version: {LEDGER_VERSION}")
+    entries = ledger.get("allocations") or []
+    if not isinstance(entries, list):
+        _fail("ledger allocations must be a list")
+    held = {}
+    holder_of = {}  # (pool, address) -> (host, device)
+    pool_of_key = {}  # (host, device) -> pool
+    problems = defaultdict(list)  # (pool, what is wrong) -> the entries concerned
+    for position, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not {"pool", "host", "device", "ip"} <= entry.keys():
+            _fail(f"ledger allocations[{position}] needs pool, host, device and ip")
+        pool_name, host, device = str(entry["pool"]), str(entry["host"]), str(entry["device"])
+        pool = pools.get(pool_name)
+        if pool is None:
+            problems[(pool_name, "names a pool that no longer exists")].append(f"{host}/{device}")
+            continue
+        address = _ledger_address(pool, host, device, entry["ip"])
+        reason = pool.unusable_reason(address)
+        if reason:
+            problems[(pool_name, f"holds addresses that are now {reason}")].append(f"{host}/{device} {entry['ip']}")
+            continue
+        if (pool_name, address) in holder_of:
+            other = holder_of[(pool_name, address)]
+            _fail(f"pool {pool_name}: ledger hands {entry['ip']} to both {other[0]}/{other[1]} and {host}/{device}")
+        if (host, device) in pool_of_key:
+            _fail(
+                f"the ledger holds two addresses for host {host} device {device} "
+                f"(pools {pool_of_key[(host, device)]} and {pool_name})"
+            )
+        holder_of[(pool_name, address)] = (host, device)
+        pool_of_key[(host, device)] = pool_name
+        held[(pool_name, host, device)] = address
+    if problems:
+        _fail(
+            "; ".join(
+                f"pool {pool_name}: the ledger {kind}: {', '.join(sorted(items, key=natural_key))}"
+                for (pool_name, kind), items in sorted(problems.items())
+            )
+            + " (release these hosts or restore the pool)"
+        )
+    return held
+
+
+def _load_requests(requests, pools):
+    if not isinstance(requests, list):
+        _fail("requests must be a list of {host, device, pool}")
+    wanted = {}
+    unknown = defaultdict(set)
+    for position, request in enumerate(requests):
+        if not isinstance(request, dict) or not {"host", "device", "pool"} <= request.keys():
+            _fail(f"requests[{position}] needs host, device and pool")
+        host, device, pool_name = str(request["host"]), str(request["device"]), str(request["pool"])
+        if pool_name not in pools:
+            unknown[pool_name].add(host)
+            continue
+        if wanted.get((host, device), pool_name) != pool_name:
+            _fail(f"host {host} device {device} is requested from two pools, {wanted[(host, device)]} and {pool_name}")
+        wanted[(host, device)] = pool_name
+    if unknown:
+        _fail(
+            "; ".join(
+                f"unknown pool {name} requested by {', '.join(sorted(hosts, key=natural_key))}"
+                for name, hosts in sorted(unknown.items())
+            )
+        )
+    return wanted
+
+
+def _apply_release(held, release):
+    if release is None:
+        return dict(held)
+    if not isinstance(release, list):
+        _fail("release must be a list of {host} or {host, device}")
+    hosts, keys = set(), set()
+    for position, item in enumerate(release):
+        if not isinstance(item, dict) or "host" not in item:
+            _fail(f"release[{position}] needs a host")
+        if item.get("device") is None:
+            hosts.add(str(item["host"]))
+        else:
+            keys.add((str(item["host"]), str(item["device"])))
+    return {key: address for key, address in held.items() if key[1] not in hosts and (key[1], key[2]) not in keys}
+
+
+def _check_reservations(pools, held, wanted):
+    holder_of = {(pool_name, address): (host, device) for (pool_name, host, device), address in held.items()}
+    for pool in pools.values():
+        for (host, device), address in pool.reserved.items():
+            text = format_address(address, pool.version)
+            holder = holder_of.get((pool.name, address), (host, device))
+            if holder != (host, device):
+                _fail(
+                    f"pool {pool.name}: {text} is reserved for host {host} device {device} "
+                    f"but the ledger gives it to {holder[0]}/{holder[1]}"
+                )
+            current = held.get((pool.name, host, device), address)
+            if current != address:
+                _fail(
+                    f"pool {pool.name}: host {host} device {device} holds {format_address(current, pool.version)} "
+                    f"but is reserved {text}; release it first"
+                )
+            if wanted.get((host, device), pool.name) != pool.name:
+                _fail(
+                    f"host {host} device {device} is reserved in pool {pool.name} "
+                    f"but requested from {wanted[(host, device)]}"
+                )
+
+
+def _exhausted(pool, needed, taken_so_far):
+    """Fail with the pool's counts as they were before this call allocated anything."""
+    _fail(
+        f"pool {pool.name} ({pool.network.cidr}) is exhausted: "
+        f"{needed} new address(es) needed, {pool.free_count() + taken_so_far} free"
+    )
+
+
+def _allocate(pools, held, new_keys):
+    """Each new key takes the lowest free address of its pool."""
+    needed, taken = defaultdict(int), defaultdict(int)
+    for (host, device), pool_name in new_keys:
+        needed[pool_name] += (host, device) not in pools[pool_name].reserved
+    for (host, device), pool_name in new_keys:
+        pool = pools[pool_name]
+        address = pool.reserved.get((host, device))
+        if address is None:
+            address = pool.next_free(pool.low)
+            if address is None:
+                _exhausted(pool, needed[pool_name], taken[pool_name])
+            pool.take(address)
+            taken[pool_name] += 1
+        held[(pool_name, host, device)] = address
+
+
+def _host_offset(pools, held, host, wanted):
+    """The offset a host is already bound to by its ledger entries or reservations, or None."""
+    offsets = {address - pools[pool_name].first for (pool_name, h, _), address in held.items() if h == host}
+    offsets |= {
+        pools[pool_name].reserved[(host, device)] - pools[pool_name].first
+        for device, pool_name in wanted
+        if (host, device) in pools[pool_name].reserved
+    }
+    if len(offsets) > 1:
+        _fail(f"aligned: host {host} holds different offsets in its pools ({sorted(offsets)}); release it to realign")
+    return offsets.pop() if offsets else None
+
+
+def _lowest_common_offset(targets):
+    """The lowest offset from the network address free in every one of the pools, or the pool that ran out."""
+    offset = 0
+    while True:
+        candidates = [pool.next_free(pool.first + offset) for pool in targets]
+        if None in candidates:
+            return None, targets[candidates.index(None)]
+        offsets = {candidate - pool.first for candidate, pool in zip(candidates, targets, strict=True)}
+        if len(offsets) == 1:
+            return offsets.pop(), None
+        offset = max(offsets)
+
+
+def _allocate_aligned(pools, held, new_keys):
+    """Each host takes one offset from the network address, the same on every pool it uses."""
+    by_host = defaultdict(list)
+    for (host, device), pool_name in new_keys:
+        by_host[host].append((device, pool_name))
+    held_by_host = defaultdict(dict)
+    for (pool_name, host, device), address in held.items():
+        held_by_host[host][(pool_name, host, device)] = address
+    hosts = sorted(by_host, key=natural_key)
+    for host in hosts:
+        wanted = by_host[host]
+        names = [pool_name for _, pool_name in wanted] + [key[0] for key in held_by_host[host]]
+        if len(set(names)) != len(names):
+            _fail(f"aligned: host {host} has two devices in one pool, so one offset cannot serve them")
+        offset = _host_offset(pools, held_by_host[host], host, wanted)
+        targets = [pools[pool_name] for _, pool_name in wanted]
+        if offset is None:
+            offset, exhausted = _lowest_common_offset(targets)
+            if exhausted:
+                users = [h for h in hosts if exhausted.name in {name for _, name in by_host[h]}]
+                _exhausted(exhausted, len(users), users.index(host))
+        for device, pool_name in wanted:
+            pool, address = pools[pool_name], pools[pool_name].first + offset
+            if pool.reserved.get((host, device)) != address:
+                if not pool.is_free(address):
+                    _fail(f"aligned: pool {pool_name}: offset {offset} of host {host} is not free there")
+                pool.take(address)
+            held[(pool_name, host, device)] = address
+
+
+def roce_ipam_assign(ledger, pools, requests, release=None, aligned=False):
+    """Allocate an address for every request; see the module docstring and roce_ipam_assign.yml."""
+    pools_by_name = _load_pools(pools)
+    original = _load_ledger(ledger, pools_by_name)
+    wanted = _load_requests(requests, pools_by_name)
+    held = _apply_release(original, release)
+    for (pool_name, host, device), address in held.items():
+        if wanted.get((host, device), pool_name) != pool_name:
+            _fail(
+                f"host {host} device {device} holds an address in pool {pool_name} "
+                f"but is requested from {wanted[(host, device)]}; release it first"
+            )
+        pools_by_name[pool_name].take(address)
+    _check_reservations(pools_by_name, held, wanted)
+
+    new_keys = sorted(
+        ((key, pool_name) for key, pool_name in wanted.items() if (pool_name, *key) not in held),
+        key=lambda item: (natural_key(item[0][0]), natural_key(item[0][1])),
+    )
+    (_allocate_aligned if aligned else _allocate)(pools_by_name, held, new_keys)
+
+    text = {key: format_address(address, pools_by_name[key[0]].version) for key, address in held.items()}
+    allocations = defaultdict(dict)
+    for (host, device), pool_name in wanted.items():
+        pool = pools_by_name[pool_name]
+        allocations[host][device] = {
+            "address": text[(pool_name, host, device)],
+            "prefix": pool.prefix,
+            "pool": pool_name,
+            "gateway": pool.gateway_text,
+        }
+    entries = sorted(held.items(), key=lambda item: (item[0][0], item[1]))
+    return {
+        "ledger": {
+            "version": LEDGER_VERSION,
+            "allocations": [
+                {"pool": key[0], "host": key[1], "device": key[2], "ip": text[key]} for key, _address in entries
+            ],
+        },
+        "changed": held != original,
+        "allocations": dict(allocations),
+    }
+
+
+class FilterModule:
+    def filters(self):
+        return {"roce_ipam_assign": roce_ipam_assign}

@@ -1,0 +1,569 @@
+"""roce_ipam_assign: every rule of the contract, and its invariants as properties."""
+
+import copy
+import ipaddress
+
+import pytest
+from ansible.errors import AnsibleFilterError
+from conftest import ROOT, _load
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+ipam = _load("roce_ipam", ROOT / "filter_plugins" / "roce_ipam.py")
+assign = ipam.roce_ipam_assign
+
+RAILS = [{"name": "rail0", "subnet": "10.10.0.0/24"}, {"name": "rail1", "subnet": "10.10.1.0/24"}]
+
+
+def req(host, device="mlx5_0", pool="rail0"):
+    return {"host": host, "device": device, "pool": pool}
+
+
+def addresses(result, pool=None):
+    return {
+        (entry["host"], entry["device"]): entry["ip"]
+        for entry in result["ledger"]["allocations"]
+        if pool is None or entry["pool"] == pool
+    }
+
+
+def fails(match, *args, **kwargs):
+    with pytest.raises(AnsibleFilterError, match=match):
+        assign(*args, **kwargs)
+
+
+# --- allocation order and stability -------------------------------------------------------------
+
+
+def test_lowest_free_address_in_natural_host_order():
+    result = assign(None, RAILS, [req("node10"), req("node2"), req("node1")])
+    assert addresses(result) == {
+        ("node1", "mlx5_0"): "10.10.0.1",
+        ("node2", "mlx5_0"): "10.10.0.2",
+        ("node10", "mlx5_0"): "10.10.0.3",
+    }
+    assert result["changed"] is True
+
+
+def test_devices_in_natural_order_within_a_host():
+    pools = [{"name": "npu", "subnet": "192.168.1.0/24"}]
+    result = assign(None, pools, [req("a", f"eth{i}", "npu") for i in (10, 2, 1)])
+    assert addresses(result) == {
+        ("a", "eth1"): "192.168.1.1",
+        ("a", "eth2"): "192.168.1.2",
+        ("a", "eth10"): "192.168.1.3",
+    }
+
+
+def test_allocations_report_address_prefix_pool_gateway():
+    pools = [{"name": "rail0", "subnet": "10.10.0.0/24", "gateway": "10.10.0.254"}]
+    result = assign(None, pools, [req("node1")])
+    assert result["allocations"] == {
+        "node1": {"mlx5_0": {"address": "10.10.0.1", "prefix": 24, "pool": "rail0", "gateway": "10.10.0.254"}}
+    }
+
+
+def test_inserted_host_does_not_renumber_others():
+    first = assign(None, RAILS, [req("node1"), req("node3")])
+    second = assign(first["ledger"], RAILS, [req("node1"), req("node2"), req("node3")])
+    assert addresses(second)[("node1", "mlx5_0")] == "10.10.0.1"
+    assert addresses(second)[("node3", "mlx5_0")] == "10.10.0.2"
+    assert addresses(second)[("node2", "mlx5_0")] == "10.10.0.3"
+
+
+def test_absence_from_requests_is_not_a_release():
+    first = assign(None, RAILS, [req("node1"), req("node2")])
+    limited = assign(first["ledger"], RAILS, [req("node2")])  # as under --limit node2
+    assert limited["ledger"] == first["ledger"]
+    assert limited["changed"] is False
+    assert list(limited["allocations"]) == ["node2"]
+
+
+def test_second_call_is_idempotent():
+    first = assign(None, RAILS, [req("node1"), req("node1", "mlx5_1", "rail1")])
+    again = assign(first["ledger"], RAILS, [req("node1"), req("node1", "mlx5_1", "rail1")])
+    assert again == {**first, "changed": False}
+
+
+def test_ledger_order_is_deterministic():
+    first = assign(None, RAILS, [req(f"node{i}") for i in range(5)])
+    shuffled = {"version": 1, "allocations": list(reversed(first["ledger"]["allocations"]))}
+    again = assign(shuffled, RAILS, [])
+    assert again["ledger"] == first["ledger"]
+    assert again["changed"] is False
+
+
+# --- release ------------------------------------------------------------------------------------
+
+
+def test_release_a_host_frees_all_its_addresses_for_reuse():
+    requests = [req("node1"), req("node1", "mlx5_1", "rail1"), req("node2")]
+    first = assign(None, RAILS, requests)
+    released = assign(first["ledger"], RAILS, [req("node2")], release=[{"host": "node1"}])
+    assert set(addresses(released)) == {("node2", "mlx5_0")}
+    assert released["changed"] is True
+    reused = assign(released["ledger"], RAILS, [req("node7")])
+    assert addresses(reused)[("node7", "mlx5_0")] == "10.10.0.1"
+
+
+def test_release_one_device():
+    requests = [req("node1"), req("node1", "mlx5_1", "rail1")]
+    first = assign(None, RAILS, requests)
+    released = assign(first["ledger"], RAILS, [], release=[{"host": "node1", "device": "mlx5_1"}])
+    assert set(addresses(released)) == {("node1", "mlx5_0")}
+
+
+def test_release_and_request_in_one_call_gives_the_lowest_free_address():
+    first = assign(None, RAILS, [req("node1"), req("node2")])
+    moved = assign(first["ledger"], RAILS, [req("node2", pool="rail1")], release=[{"host": "node2"}])
+    assert addresses(moved)[("node2", "mlx5_0")] == "10.10.1.1"
+
+
+# --- never handed out ---------------------------------------------------------------------------
+
+
+def test_network_broadcast_and_gateway_are_never_handed_out():
+    pools = [{"name": "p", "subnet": "10.0.0.0/29", "gateway": "10.0.0.1"}]
+    result = assign(None, pools, [req(f"n{i}", pool="p") for i in range(5)])
+    assert sorted(addresses(result).values()) == [f"10.0.0.{i}" for i in range(2, 7)]
+    fails(
+        r"pool p \(10.0.0.0/29\) is exhausted: 6 new address\(es\) needed, 5 free",
+        None,
+        pools,
+        [req(f"n{i}", pool="p") for i in range(6)],
+    )
+
+
+@pytest.mark.parametrize(
+    ("subnet", "expected"),
+    [
+        ("10.0.0.0/31", ["10.0.0.0", "10.0.0.1"]),
+        ("10.0.0.7/32", ["10.0.0.7"]),
+        ("fd00::/127", ["fd00::", "fd00::1"]),
+        ("fd00::/126", ["fd00::1", "fd00::2", "fd00::3"]),
+    ],
+)
+def test_point_to_point_and_small_subnets(subnet, expected):
+    pools = [{"name": "p", "subnet": subnet}]
+    result = assign(None, pools, [req(f"n{i}", pool="p") for i in range(len(expected))])
+    assert sorted(addresses(result).values(), key=ipaddress.ip_address) == expected
+    fails("exhausted", None, pools, [req(f"n{i}", pool="p") for i in range(len(expected) + 1)])
+
+
+def test_excluded_addresses_and_cidrs_and_range():
+    pools = [
+        {
+            "name": "p",
+            "subnet": "10.0.0.0/24",
+            "range_start": "10.0.0.10",
+            "range_end": "10.0.0.20",
+            "exclude": ["10.0.0.10", "10.0.0.12/31", "10.0.0.0/30"],
+        }
+    ]
+    result = assign(None, pools, [req(f"n{i}", pool="p") for i in range(3)])
+    assert sorted(addresses(result).values()) == ["10.0.0.11", "10.0.0.14", "10.0.0.15"]
+    fails(r"12 new address\(es\) needed, 8 free", None, pools, [req(f"n{i}", pool="p") for i in range(12)])
+
+
+def test_huge_ipv6_pool_with_half_excluded_is_not_walked():
+    # Walking address by address would take 2^63 steps: finishing at all is the assertion.
+    pools = [{"name": "v6", "subnet": "fd00:1::/64", "exclude": ["fd00:1::/65"], "gateway": "fd00:1::8000:0:0:0"}]
+    result = assign(None, pools, [req(f"n{i}", pool="v6") for i in range(3)])
+    assert sorted(addresses(result).values()) == ["fd00:1::8000:0:0:1", "fd00:1::8000:0:0:2", "fd00:1::8000:0:0:3"]
+    assert result["allocations"]["n0"]["mlx5_0"]["prefix"] == 64
+
+
+def test_exhaustion_counts_are_exact_for_huge_pools():
+    pools = [{"name": "v6", "subnet": "fd00:1::/64", "range_start": "fd00:1::ffff:ffff:ffff:fffe"}]
+    fails(r"exhausted: 3 new address\(es\) needed, 2 free", None, pools, [req(f"n{i}", pool="v6") for i in range(3)])
+
+
+# --- aligned ------------------------------------------------------------------------------------
+
+
+EIGHT_RAILS = [{"name": f"rail{i}", "subnet": f"10.{i}.0.0/24"} for i in range(8)]
+
+
+def test_aligned_gives_one_offset_on_every_rail():
+    requests = [req(f"node{n:02d}", f"mlx5_{i}", f"rail{i}") for n in (7, 1) for i in range(8)]
+    result = assign(None, EIGHT_RAILS, requests, aligned=True)
+    for host, offset in (("node01", 1), ("node07", 2)):
+        assert {dev["address"] for dev in result["allocations"][host].values()} == {
+            f"10.{i}.0.{offset}" for i in range(8)
+        }
+
+
+def test_aligned_offset_must_be_free_on_all_pools():
+    pools = copy.deepcopy(EIGHT_RAILS[:2])
+    pools[1]["exclude"] = ["10.1.0.1", "10.1.0.2"]
+    ledger = {"version": 1, "allocations": [{"pool": "rail0", "host": "old", "device": "x", "ip": "10.0.0.3"}]}
+    requests = [req("node1", "mlx5_0", "rail0"), req("node1", "mlx5_1", "rail1")]
+    result = assign(ledger, pools, requests, aligned=True)
+    assert {d["address"] for d in result["allocations"]["node1"].values()} == {"10.0.0.4", "10.1.0.4"}
+
+
+def test_aligned_new_rail_keeps_the_host_offset():
+    first = assign(
+        None, EIGHT_RAILS[:2], [req("a", "m0", "rail0"), req("b", "m0", "rail0"), req("b", "m1", "rail1")], aligned=True
+    )
+    assert addresses(first)[("b", "m1")] == "10.1.0.2"
+    second = assign(first["ledger"], EIGHT_RAILS[:2], [req("a", "m1", "rail1")], aligned=True)
+    assert addresses(second)[("a", "m1")] == "10.1.0.1"
+
+
+def test_aligned_refuses_a_taken_offset_for_an_existing_host():
+    ledger = {
+        "version": 1,
+        "allocations": [
+            {"pool": "rail0", "host": "a", "device": "m0", "ip": "10.0.0.1"},
+            {"pool": "rail1", "host": "b", "device": "m1", "ip": "10.1.0.1"},
+        ],
+    }
+    fails(
+        r"aligned: pool rail1: offset 1 of host a is not free",
+        ledger,
+        EIGHT_RAILS[:2],
+        [req("a", "m1", "rail1")],
+        aligned=True,
+    )
+
+
+def test_aligned_refuses_two_devices_in_one_pool():
+    fails(r"aligned: host a has two devices in one pool", None, RAILS, [req("a", "m0"), req("a", "m1")], aligned=True)
+
+
+def test_aligned_refuses_a_host_with_mixed_offsets():
+    ledger = ledger_of(("rail0", "a", "m0", "10.0.0.1"), ("rail1", "a", "m1", "10.1.0.2"))  # from before alignment
+    fails(
+        r"aligned: host a holds different offsets in its pools \(\[1, 2\]\)",
+        ledger,
+        EIGHT_RAILS[:3],
+        [req("a", "m2", "rail2")],
+        aligned=True,
+    )
+
+
+def test_aligned_exhaustion_names_the_pool():
+    pools = [{"name": "small", "subnet": "10.0.0.0/30"}, {"name": "big", "subnet": "10.1.0.0/24"}]
+    requests = [req(f"n{i}", f"d{p}", p) for i in range(3) for p in ("small", "big")]
+    fails(r"pool small \(10.0.0.0/30\) is exhausted", None, pools, requests, aligned=True)
+
+
+# --- reservations -------------------------------------------------------------------------------
+
+
+def test_reservations_are_honoured_whatever_the_order():
+    pools = [
+        {"name": "p", "subnet": "10.0.0.0/24", "reserved": [{"host": "node9", "device": "mlx5_0", "ip": "10.0.0.1"}]}
+    ]
+    result = assign(None, pools, [req("node1", pool="p"), req("node9", pool="p"), req("node2", pool="p")])
+    assert addresses(result) == {
+        ("node1", "mlx5_0"): "10.0.0.2",
+        ("node2", "mlx5_0"): "10.0.0.3",
+        ("node9", "mlx5_0"): "10.0.0.1",
+    }
+
+
+def test_reserved_address_is_kept_free_while_its_owner_is_absent():
+    pools = [
+        {"name": "p", "subnet": "10.0.0.0/24", "reserved": [{"host": "late", "device": "mlx5_0", "ip": "10.0.0.1"}]}
+    ]
+    result = assign(None, pools, [req("node1", pool="p")])
+    assert addresses(result) == {("node1", "mlx5_0"): "10.0.0.2"}
+
+
+def test_reservation_held_by_another_key_is_an_error():
+    ledger = assign(None, RAILS, [req("node1")])["ledger"]
+    pools = copy.deepcopy(RAILS)
+    pools[0]["reserved"] = [{"host": "node2", "device": "mlx5_0", "ip": "10.10.0.1"}]
+    fails(
+        r"pool rail0: 10.10.0.1 is reserved for host node2 device mlx5_0 but the ledger gives it to node1/mlx5_0",
+        ledger,
+        pools,
+        [req("node2")],
+    )
+
+
+@pytest.mark.parametrize(
+    ("ip", "reason"),
+    [
+        ("10.10.1.5", "outside subnet 10.10.0.0/24"),
+        ("10.10.0.9", "excluded"),
+        ("10.10.0.254", "the gateway"),
+        ("10.10.0.255", "the broadcast address"),
+    ],
+)
+def test_reservation_on_an_unusable_address_is_an_error(ip, reason):
+    pools = [
+        {
+            "name": "rail0",
+            "subnet": "10.10.0.0/24",
+            "gateway": "10.10.0.254",
+            "exclude": ["10.10.0.8/30"],
+            "reserved": [{"host": "node1", "device": "mlx5_0", "ip": ip}],
+        }
+    ]
+    fails(f"pool rail0: reservation {ip} for host node1 device mlx5_0 is {reason}", None, pools, [req("node1")])
+
+
+def test_two_reservations_of_one_address_is_an_error():
+    pools = [
+        {
+            "name": "rail0",
+            "subnet": "10.10.0.0/24",
+            "reserved": [
+                {"host": "a", "device": "d", "ip": "10.10.0.5"},
+                {"host": "b", "device": "d", "ip": "10.10.0.5"},
+            ],
+        }
+    ]
+    fails("10.10.0.5 is reserved for both a/d and b/d", None, pools, [])
+
+
+def test_reservation_compares_addresses_not_strings():
+    pools = [{"name": "v6", "subnet": "fd00::/64", "reserved": [{"host": "a", "device": "d", "ip": "fd00:0::0005"}]}]
+    ledger = {"version": 1, "allocations": [{"pool": "v6", "host": "a", "device": "d", "ip": "fd00::5"}]}
+    result = assign(ledger, pools, [req("a", "d", "v6")])
+    assert result["changed"] is False
+    assert result["allocations"]["a"]["d"]["address"] == "fd00::5"
+
+
+# --- bad ledgers --------------------------------------------------------------------------------
+
+
+def ledger_of(*entries):
+    return {"version": 1, "allocations": [dict(zip(("pool", "host", "device", "ip"), e, strict=True)) for e in entries]}
+
+
+def test_duplicate_ledger_address_is_an_error():
+    ledger = ledger_of(("rail0", "a", "d", "10.10.0.1"), ("rail0", "b", "d", "10.10.0.1"))
+    fails(r"pool rail0: ledger hands 10.10.0.1 to both a/d and b/d", ledger, RAILS, [])
+
+
+def test_non_canonical_ledger_address_is_an_error():
+    pools = [{"name": "v6", "subnet": "fd00::/64"}]
+    fails(
+        r"ledger address fd00:0::1 of host a is not canonical \(write fd00::1\)",
+        ledger_of(("v6", "a", "d", "fd00:0::1")),
+        pools,
+        [],
+    )
+
+
+def test_changed_subnet_lists_every_host_affected():
+    ledger = ledger_of(
+        ("rail0", "node10", "d", "10.10.0.200"),
+        ("rail0", "node2", "d", "10.10.0.130"),
+        ("rail0", "node1", "d", "10.10.0.5"),
+    )
+    pools = [{"name": "rail0", "subnet": "10.10.0.0/25"}]
+    fails(
+        r"pool rail0: the ledger holds addresses that are now outside subnet 10.10.0.0/25: "
+        r"node2/d 10.10.0.130, node10/d 10.10.0.200",
+        ledger,
+        pools,
+        [],
+    )
+
+
+def test_removed_pool_is_an_error():
+    ledger = ledger_of(("gone", "node1", "d", "10.99.0.1"), ("gone", "node2", "d", "10.99.0.2"))
+    fails(r"pool gone: the ledger names a pool that no longer exists: node1/d, node2/d", ledger, RAILS, [])
+
+
+def test_ledger_address_now_excluded_is_an_error():
+    pools = [{"name": "rail0", "subnet": "10.10.0.0/24", "exclude": ["10.10.0.1"]}]
+    fails(
+        r"holds addresses that are now excluded: a/d 10.10.0.1", ledger_of(("rail0", "a", "d", "10.10.0.1")), pools, []
+    )
+
+
+def test_ledger_with_one_key_in_two_pools_is_an_error():
+    ledger = ledger_of(("rail0", "a", "d", "10.10.0.1"), ("rail1", "a", "d", "10.10.1.1"))
+    fails(r"the ledger holds two addresses for host a device d \(pools rail0 and rail1\)", ledger, RAILS, [])
+
+
+@pytest.mark.parametrize("ledger", [{"allocations": []}, {"version": 2}, ["not", "a", "dict"]])
+def test_ledger_of_unknown_shape_is_an_error(ledger):
+    fails("the ledger must be a mapping with version: 1", ledger, RAILS, [])
+
+
+# --- bad pools and requests ---------------------------------------------------------------------
+
+
+def test_unknown_pool_names_the_hosts():
+    fails(
+        r"unknown pool rail9 requested by node2, node10",
+        None,
+        RAILS,
+        [req("node10", pool="rail9"), req("node2", pool="rail9")],
+    )
+
+
+def test_same_key_in_two_pools_is_an_error():
+    fails(
+        r"host a device d is requested from two pools, rail0 and rail1",
+        None,
+        RAILS,
+        [req("a", "d", "rail0"), req("a", "d", "rail1")],
+    )
+
+
+def test_moving_a_key_to_another_pool_needs_a_release():
+    ledger = assign(None, RAILS, [req("a")])["ledger"]
+    fails(
+        r"host a device mlx5_0 holds an address in pool rail0 but is requested from rail1; release it first",
+        ledger,
+        RAILS,
+        [req("a", pool="rail1")],
+    )
+
+
+def test_overlapping_pools_are_an_error():
+    pools = [{"name": "wide", "subnet": "10.10.0.0/16"}, {"name": "rail0", "subnet": "10.10.4.0/24"}]
+    fails(r"pools wide \(10.10.0.0/16\) and rail0 \(10.10.4.0/24\) overlap", None, pools, [])
+
+
+@pytest.mark.parametrize("field", ["gateway", "range_start", "range_end"])
+def test_fields_outside_the_subnet_are_errors(field):
+    pools = [{"name": "rail0", "subnet": "10.10.0.0/24", field: "10.10.1.1"}]
+    fails(f"pool rail0: {field} 10.10.1.1 is outside subnet 10.10.0.0/24", None, pools, [])
+
+
+@pytest.mark.parametrize(
+    ("pool", "message"),
+    [
+        ({"name": "p", "subnet": "10.0.0.1/24"}, "has host bits set"),
+        ({"name": "p", "subnet": "banana"}, "is not a CIDR"),
+        ({"subnet": "10.0.0.0/24"}, r"pools\[0\] needs a non-empty string 'name'"),
+        (
+            {"name": "p", "subnet": "10.0.0.0/24", "range_start": "10.0.0.9", "range_end": "10.0.0.8"},
+            "is above range_end",
+        ),
+        ({"name": "p", "subnet": "10.0.0.0/24", "exclude": ["fd00::1"]}, "is not IPv4"),
+        ({"name": "p", "subnet": "10.0.0.0/24", "gateway": "fd00::1"}, "is not an IPv4 address"),
+    ],
+)
+def test_malformed_pools(pool, message):
+    fails(message, None, [pool], [])
+
+
+def test_duplicate_pool_names():
+    fails("pool rail0 is defined twice", None, [RAILS[0], {"name": "rail0", "subnet": "10.20.0.0/24"}], [])
+
+
+# --- purity -------------------------------------------------------------------------------------
+
+
+def test_inputs_are_not_mutated_and_answers_repeat():
+    pools = copy.deepcopy(RAILS)
+    pools[0]["reserved"] = [{"host": "n3", "device": "mlx5_0", "ip": "10.10.0.9"}]
+    ledger = assign(None, pools, [req("n1")])["ledger"]
+    requests = [req("n2"), req("n3"), req("n1", "mlx5_1", "rail1")]
+    release = [{"host": "n1", "device": "mlx5_1"}]
+    snapshot = copy.deepcopy((ledger, pools, requests, release))
+    first = assign(ledger, pools, requests, release=release)
+    assert (ledger, pools, requests, release) == snapshot
+    assert assign(ledger, pools, requests, release=release) == first
+
+
+def test_ascend_910b_layouts_are_expressible():
+    """A2: eight NPU ports in one subnet; or four subnets pairing NPU i with NPU i+4."""
+    a2 = assign(
+        None, [{"name": "npu", "subnet": "192.168.100.0/24"}], [req("ascend-001", f"npu{i}", "npu") for i in range(8)]
+    )
+    assert sorted(a2["allocations"]["ascend-001"][f"npu{i}"]["address"] for i in range(8)) == sorted(
+        f"192.168.100.{i}" for i in range(1, 9)
+    )
+    paired_pools = [{"name": f"npu-pair{i}", "subnet": f"192.168.{10 + i}.0/24"} for i in range(4)]
+    paired = [req(h, f"npu{i}", f"npu-pair{i % 4}") for h in ("ascend-001", "ascend-002") for i in range(8)]
+    result = assign(None, paired_pools, paired)
+    npus = result["allocations"]["ascend-002"]
+    assert npus["npu1"]["pool"] == npus["npu5"]["pool"] == "npu-pair1"
+    assert npus["npu1"]["address"] != npus["npu5"]["address"]
+
+
+# --- properties ---------------------------------------------------------------------------------
+
+hosts = st.lists(st.from_regex(r"node[0-9]{1,3}", fullmatch=True), min_size=1, max_size=25, unique=True)
+devices = st.lists(st.sampled_from(["mlx5_0", "mlx5_1", "mlx5_2"]), min_size=1, max_size=3, unique=True)
+PROPERTY_POOLS = [
+    {"name": "mlx5_0", "subnet": "10.0.0.0/26", "gateway": "10.0.0.62", "exclude": ["10.0.0.8/29"]},
+    {"name": "mlx5_1", "subnet": "10.0.1.0/26", "range_start": "10.0.1.5"},
+    {
+        "name": "mlx5_2",
+        "subnet": "fd00:2::/120",
+        "reserved": [{"host": "node7", "device": "mlx5_2", "ip": "fd00:2::7"}],
+    },
+]
+
+
+def requests_for(host_names, device_names):
+    return [req(h, d, d) for h in host_names for d in device_names]
+
+
+def assert_well_formed(result):
+    pools = {p["name"]: p for p in PROPERTY_POOLS}
+    seen = set()
+    for entry in result["ledger"]["allocations"]:
+        pool = pools[entry["pool"]]
+        network = ipaddress.ip_network(pool["subnet"])
+        address = ipaddress.ip_address(entry["ip"])
+        assert address in network
+        assert address not in (network.network_address, network.broadcast_address)
+        assert entry["ip"] != pool.get("gateway")
+        assert not any(address in ipaddress.ip_network(x) for x in pool.get("exclude", []))
+        assert (entry["pool"], address) not in seen
+        seen.add((entry["pool"], address))
+
+
+@settings(max_examples=60, deadline=None)
+@given(hosts, devices, st.randoms(use_true_random=False))
+def test_property_unique_and_independent_of_request_order(host_names, device_names, rnd):
+    requests = requests_for(host_names, device_names)
+    shuffled = list(requests)
+    rnd.shuffle(shuffled)
+    result = assign(None, PROPERTY_POOLS, requests)
+    assert_well_formed(result)
+    assert assign(None, PROPERTY_POOLS, shuffled) == result
+    for pool in ("mlx5_0", "mlx5_1"):
+        ips = list(addresses(result, pool).values())
+        assert len(ips) == len(set(ips))
+    if "node7" in host_names and "mlx5_2" in device_names:
+        assert result["allocations"]["node7"]["mlx5_2"]["address"] == "fd00:2::7"
+
+
+@settings(max_examples=60, deadline=None)
+@given(hosts, hosts, devices, st.booleans())
+def test_property_stable_and_idempotent(first_hosts, later_hosts, device_names, aligned):
+    first = assign(None, PROPERTY_POOLS, requests_for(first_hosts, device_names), aligned=aligned)
+    later = assign(first["ledger"], PROPERTY_POOLS, requests_for(later_hosts, device_names), aligned=aligned)
+    assert_well_formed(later)
+    # Nothing that was handed out moves; nothing is dropped without a release.
+    assert addresses(first).items() <= addresses(later).items()
+    again = assign(later["ledger"], PROPERTY_POOLS, requests_for(later_hosts, device_names), aligned=aligned)
+    assert again == {**later, "changed": False}
+
+
+@settings(max_examples=60, deadline=None)
+@given(hosts, st.data())
+def test_property_release_frees_exactly_what_is_asked(host_names, data):
+    requests = requests_for(host_names, ["mlx5_0", "mlx5_1"])
+    first = assign(None, PROPERTY_POOLS, requests)
+    released_hosts = data.draw(st.lists(st.sampled_from(host_names), unique=True))
+    result = assign(first["ledger"], PROPERTY_POOLS, [], release=[{"host": h} for h in released_hosts])
+    expected = {key: ip for key, ip in addresses(first).items() if key[0] not in released_hosts}
+    assert addresses(result) == expected
+    assert result["changed"] is bool(released_hosts)
+
+
+@settings(max_examples=40, deadline=None)
+@given(hosts)
+def test_property_aligned_offsets_match_across_pools(host_names):
+    pools = [{"name": f"rail{i}", "subnet": f"10.{i}.0.0/24"} for i in range(3)]
+    pools[1]["exclude"] = ["10.1.0.3", "10.1.0.9"]
+    result = assign(None, pools, [req(h, f"mlx5_{i}", f"rail{i}") for h in host_names for i in range(3)], aligned=True)
+    for host in host_names:
+        offsets = {int(ipaddress.ip_address(d["address"])) & 0xFF for d in result["allocations"][host].values()}
+        assert len(offsets) == 1
+        assert offsets.isdisjoint({3, 9})
