@@ -36,7 +36,7 @@ lint: setup
 	tools/check-plugins.sh
 
 unit: setup
-	pytest tests/unit
+	pytest
 
 molecule: setup
 	@for s in $(SCENARIOS); do echo "== molecule test -s $$s"; molecule test -s $$s; done

@@ -143,6 +143,10 @@ class Pool:
         index = bisect_right(self.excluded, [address, float("inf")]) - 1
         return index >= 0 and self.excluded[index][1] >= address
 
+    def maybe_unusable(self, address):
+        """Cheap pre-check for unusable_reason: False for the common, plainly usable address."""
+        return not self.first < address < self.last or self._blocked(address)
+
     def unusable_reason(self, address):
         """Why an address may not be held at all in this pool, or None."""
         if not self.first <= address <= self.last:
@@ -237,44 +241,46 @@ def _load_pools(pools):
 
 def _ledger_address(pool, host, device, text):
     """The integer address of a ledger entry, which must be spelt canonically."""
-    parsed = parse_address(text, pool.version)
-    if parsed is None:
+    try:
+        packed = socket.inet_pton(_FAMILY[pool.version], text)
+    except (OSError, TypeError):
         _fail(f"pool {pool.name}: ledger address {text!r} of host {host} device {device} is not IPv{pool.version}")
-    canonical = format_address(parsed[0], pool.version)
+    canonical = socket.inet_ntop(_FAMILY[pool.version], packed)
     if canonical != text:
         _fail(f"pool {pool.name}: ledger address {text} of host {host} is not canonical (write {canonical})")
-    return parsed[0]
+    return int.from_bytes(packed, "big")
 
 
 def _load_ledger(ledger, pools):
-    """{(pool, host, device): address} from a ledger, refusing anything inconsistent."""
+    """({(pool, host, device): address}, {key: its text}) from a ledger, refusing anything inconsistent."""
     if ledger is None:
-        return {}
+        return {}, {}
     if not isinstance(ledger, dict) or ledger.get("version") != LEDGER_VERSION:
         _fail(f"the ledger must be a mapping with version: {LEDGER_VERSION}")
     entries = ledger.get("allocations") or []
     if not isinstance(entries, list):
         _fail("ledger allocations must be a list")
-    held = {}
+    held, texts = {}, {}
     holder_of = {}  # (pool, address) -> (host, device)
     pool_of_key = {}  # (host, device) -> pool
     problems = defaultdict(list)  # (pool, what is wrong) -> the entries concerned
     for position, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not {"pool", "host", "device", "ip"} <= entry.keys():
+        try:
+            pool_name, host, device, text = str(entry["pool"]), str(entry["host"]), str(entry["device"]), entry["ip"]
+        except (KeyError, TypeError):
             _fail(f"ledger allocations[{position}] needs pool, host, device and ip")
-        pool_name, host, device = str(entry["pool"]), str(entry["host"]), str(entry["device"])
         pool = pools.get(pool_name)
         if pool is None:
             problems[(pool_name, "names a pool that no longer exists")].append(f"{host}/{device}")
             continue
-        address = _ledger_address(pool, host, device, entry["ip"])
-        reason = pool.unusable_reason(address)
+        address = _ledger_address(pool, host, device, text)
+        reason = pool.unusable_reason(address) if pool.maybe_unusable(address) else None
         if reason:
-            problems[(pool_name, f"holds addresses that are now {reason}")].append(f"{host}/{device} {entry['ip']}")
+            problems[(pool_name, f"holds addresses that are now {reason}")].append(f"{host}/{device} {text}")
             continue
         if (pool_name, address) in holder_of:
             other = holder_of[(pool_name, address)]
-            _fail(f"pool {pool_name}: ledger hands {entry['ip']} to both {other[0]}/{other[1]} and {host}/{device}")
+            _fail(f"pool {pool_name}: ledger hands {text} to both {other[0]}/{other[1]} and {host}/{device}")
         if (host, device) in pool_of_key:
             _fail(
                 f"the ledger holds two addresses for host {host} device {device} "
@@ -283,6 +289,7 @@ def _load_ledger(ledger, pools):
         holder_of[(pool_name, address)] = (host, device)
         pool_of_key[(host, device)] = pool_name
         held[(pool_name, host, device)] = address
+        texts[(pool_name, host, device)] = text
     if problems:
         _fail(
             "; ".join(
@@ -291,7 +298,7 @@ def _load_ledger(ledger, pools):
             )
             + " (release these hosts or restore the pool)"
         )
-    return held
+    return held, texts
 
 
 def _load_requests(requests, pools):
@@ -300,9 +307,10 @@ def _load_requests(requests, pools):
     wanted = {}
     unknown = defaultdict(set)
     for position, request in enumerate(requests):
-        if not isinstance(request, dict) or not {"host", "device", "pool"} <= request.keys():
+        try:
+            host, device, pool_name = str(request["host"]), str(request["device"]), str(request["pool"])
+        except (KeyError, TypeError):
             _fail(f"requests[{position}] needs host, device and pool")
-        host, device, pool_name = str(request["host"]), str(request["device"]), str(request["pool"])
         if pool_name not in pools:
             unknown[pool_name].add(host)
             continue
@@ -440,10 +448,18 @@ def _allocate_aligned(pools, held, new_keys):
             held[(pool_name, host, device)] = address
 
 
+def _in_natural_order(wanted, held):
+    """The requested keys that hold no address yet, by host then device in natural order."""
+    new = [(key, pool_name) for key, pool_name in wanted.items() if (pool_name, *key) not in held]
+    host_rank = {host: rank for rank, host in enumerate(sorted({key[0] for key, _ in new}, key=natural_key))}
+    device_rank = {device: rank for rank, device in enumerate(sorted({key[1] for key, _ in new}, key=natural_key))}
+    return sorted(new, key=lambda item: (host_rank[item[0][0]], device_rank[item[0][1]]))
+
+
 def roce_ipam_assign(ledger, pools, requests, release=None, aligned=False):
     """Allocate an address for every request; see the module docstring and roce_ipam_assign.yml."""
     pools_by_name = _load_pools(pools)
-    original = _load_ledger(ledger, pools_by_name)
+    original, texts = _load_ledger(ledger, pools_by_name)
     wanted = _load_requests(requests, pools_by_name)
     held = _apply_release(original, release)
     for (pool_name, host, device), address in held.items():
@@ -455,18 +471,17 @@ def roce_ipam_assign(ledger, pools, requests, release=None, aligned=False):
         pools_by_name[pool_name].take(address)
     _check_reservations(pools_by_name, held, wanted)
 
-    new_keys = sorted(
-        ((key, pool_name) for key, pool_name in wanted.items() if (pool_name, *key) not in held),
-        key=lambda item: (natural_key(item[0][0]), natural_key(item[0][1])),
-    )
+    new_keys = _in_natural_order(wanted, held)
     (_allocate_aligned if aligned else _allocate)(pools_by_name, held, new_keys)
+    for (host, device), pool_name in new_keys:
+        key = (pool_name, host, device)
+        texts[key] = format_address(held[key], pools_by_name[pool_name].version)
 
-    text = {key: format_address(address, pools_by_name[key[0]].version) for key, address in held.items()}
     allocations = defaultdict(dict)
     for (host, device), pool_name in wanted.items():
         pool = pools_by_name[pool_name]
         allocations[host][device] = {
-            "address": text[(pool_name, host, device)],
+            "address": texts[(pool_name, host, device)],
             "prefix": pool.prefix,
             "pool": pool_name,
             "gateway": pool.gateway_text,
@@ -476,7 +491,7 @@ def roce_ipam_assign(ledger, pools, requests, release=None, aligned=False):
         "ledger": {
             "version": LEDGER_VERSION,
             "allocations": [
-                {"pool": key[0], "host": key[1], "device": key[2], "ip": text[key]} for key, _address in entries
+                {"pool": key[0], "host": key[1], "device": key[2], "ip": texts[key]} for key, _address in entries
             ],
         },
         "changed": held != original,
@@ -484,6 +499,20 @@ def roce_ipam_assign(ledger, pools, requests, release=None, aligned=False):
     }
 
 
+def roce_ipam_requests(hostvars, hosts, rails_variable="roce_rails"):
+    """One request per rail of every host: [{host, device, pool}], from each host's rails variable."""
+    requests = []
+    for host in hosts:
+        rails = hostvars[host].get(rails_variable) or []
+        if not isinstance(rails, list):
+            _fail(f"host {host}: {rails_variable} must be a list of {{device, netdev, pool}}")
+        for position, rail in enumerate(rails):
+            if not isinstance(rail, dict) or not rail.get("device") or not rail.get("pool"):
+                _fail(f"host {host}: {rails_variable}[{position}] needs a device and a pool")
+            requests.append({"host": str(host), "device": str(rail["device"]), "pool": str(rail["pool"])})
+    return requests
+
+
 class FilterModule:
     def filters(self):
-        return {"roce_ipam_assign": roce_ipam_assign}
+        return {"roce_ipam_assign": roce_ipam_assign, "roce_ipam_requests": roce_ipam_requests}

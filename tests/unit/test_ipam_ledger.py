@@ -1,0 +1,120 @@
+"""ipam_ledger: atomic, locked, compare-and-swap writes of the ledger file."""
+
+import json
+import multiprocessing
+from pathlib import Path
+
+import pytest
+import yaml
+from ansible.module_utils.testing import patch_module_args
+from conftest import ROOT, _load
+
+ledger_module = _load("ipam_ledger", ROOT / "library" / "ipam_ledger.py")
+ipam = _load("roce_ipam", ROOT / "filter_plugins" / "roce_ipam.py")
+POOLS = [{"name": "rail0", "subnet": "10.10.0.0/16"}]
+
+
+def ledger_for(*hosts, base=None):
+    requests = [{"host": h, "device": "mlx5_0", "pool": "rail0"} for h in hosts]
+    return ipam.roce_ipam_assign(base, POOLS, requests)["ledger"]
+
+
+def run_module(capsys, args):
+    with patch_module_args(args), pytest.raises(SystemExit) as exited:
+        ledger_module.main()
+    return exited.value.code, json.loads(capsys.readouterr().out)
+
+
+def test_render_reads_back_as_the_same_ledger():
+    ledger = ledger_for("node1", "node2")
+    text = ledger_module.render(ledger)
+    assert yaml.safe_load(text) == ledger
+    assert text.count("\n  - {pool: rail0, host: node") == 2  # one allocation per line
+
+
+def test_render_quotes_what_yaml_would_misread():
+    ledger = {"version": 1, "allocations": [{"pool": "p", "host": "0123", "device": "yes", "ip": "fd00::1"}]}
+    assert yaml.safe_load(ledger_module.render(ledger)) == ledger
+
+
+def test_first_write_then_nothing_to_do(tmp_path):
+    path = tmp_path / "ipam" / "roce-ledger.yml"
+    ledger = ledger_for("node1")
+    changed, before, _ = ledger_module.write_ledger(str(path), ledger, None)
+    assert (changed, before) == (True, "")
+    assert yaml.safe_load(path.read_text()) == ledger
+    assert ledger_module.write_ledger(str(path), ledger, ledger)[0] is False
+    assert [p.name for p in path.parent.iterdir()] == ["roce-ledger.yml"]  # no temporary file left
+
+
+def test_stale_base_is_refused_and_the_file_kept(tmp_path):
+    path = tmp_path / "roce-ledger.yml"
+    first = ledger_for("node1")
+    ledger_module.write_ledger(str(path), first, None)
+    on_disk = path.read_text()
+    with pytest.raises(ledger_module.LedgerConflict):
+        ledger_module.write_ledger(str(path), ledger_for("node2"), None)  # computed without node1
+    assert path.read_text() == on_disk
+
+
+def test_check_mode_writes_nothing(tmp_path):
+    path = tmp_path / "ipam" / "roce-ledger.yml"
+    changed, _, after = ledger_module.write_ledger(str(path), ledger_for("node1"), None, check_mode=True)
+    assert changed is True
+    assert "10.10.0.1" in after
+    assert not path.parent.exists()
+
+
+def test_module_reports_taken_and_freed_with_a_diff(tmp_path, capsys):
+    path = tmp_path / "roce-ledger.yml"
+    old = ledger_for("node1", "node2")
+    ledger_module.write_ledger(str(path), old, None)
+    new = ipam.roce_ipam_assign(
+        old, POOLS, [{"host": "node3", "device": "mlx5_0", "pool": "rail0"}], release=[{"host": "node1"}]
+    )["ledger"]
+    code, result = run_module(capsys, {"path": str(path), "ledger": new, "base": old, "_ansible_diff": True})
+    assert code == 0
+    assert result["changed"] is True
+    assert result["added"] == ["rail0 node3 mlx5_0 10.10.0.1"]
+    assert result["removed"] == ["rail0 node1 mlx5_0 10.10.0.1"]
+    assert "node3" in result["diff"]["after"] and "node3" not in result["diff"]["before"]
+
+
+def test_module_conflict_message(tmp_path, capsys):
+    path = tmp_path / "roce-ledger.yml"
+    ledger_module.write_ledger(str(path), ledger_for("node1"), None)
+    code, result = run_module(capsys, {"path": str(path), "ledger": ledger_for("node2"), "base": None})
+    assert code == 1
+    assert "changed after it was read" in result["msg"]
+    assert "Rerun" in result["msg"]
+
+
+def allocate_until_written(path, host, attempts, conflicts):
+    """What a playbook run does: read, allocate, write; on a conflict, read again and retry."""
+    for _ in range(attempts):
+        base = yaml.safe_load(Path(path).read_text()) if Path(path).exists() else None
+        ledger = ipam.roce_ipam_assign(base, POOLS, [{"host": host, "device": "mlx5_0", "pool": "rail0"}])["ledger"]
+        try:
+            ledger_module.write_ledger(path, ledger, base)
+            return
+        except ledger_module.LedgerConflict:
+            conflicts.value += 1
+    raise AssertionError(f"{host} never got its write in")
+
+
+def test_concurrent_writers_never_lose_an_allocation(tmp_path):
+    path = str(tmp_path / "roce-ledger.yml")
+    context = multiprocessing.get_context("fork")
+    conflicts = context.Value("i", 0, lock=False)
+    writers = [
+        context.Process(target=allocate_until_written, args=(path, f"node{i}", 200, conflicts)) for i in range(8)
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=60)
+        assert writer.exitcode == 0
+    final = yaml.safe_load(Path(path).read_text())
+    hosts = sorted(entry["host"] for entry in final["allocations"])
+    assert hosts == sorted(f"node{i}" for i in range(8))
+    assert len({entry["ip"] for entry in final["allocations"]}) == 8
