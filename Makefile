@@ -34,6 +34,8 @@ lint: setup
 	ruff format --check .
 	tools/check-specs.py
 	tools/check-plugins.sh
+	@for inventory in inventories/*/; do \
+	  ansible-inventory -i $$inventory --graph >/dev/null || exit 1; done
 
 unit: setup
 	pytest
