@@ -99,6 +99,28 @@ def nvme_controller(device_dir):
     return os.path.realpath(os.path.join(real, controllers[0])) if controllers else real
 
 
+def nvme_queues(name, sys_root=SYS):
+    """The block devices that carry a namespace's request queue.
+
+    Without multipath that is the namespace itself. Under native multipath the visible head
+    (nvme0n1) is bio-based, without scheduler or request queue; each path (nvme0c0n1, hidden,
+    under its controller) has them.
+    """
+    subsystem = os.path.realpath(os.path.join(sys_root, "block", name, "device"))
+    if os.path.exists(os.path.join(subsystem, "transport")):
+        return [name]  # the device is the controller itself: no multipath head
+    nsid = read(os.path.join(sys_root, "block", name, "nsid"))
+    paths = []
+    for controller in listdir(subsystem):
+        if controller.startswith("nvme") and controller[4:].isdigit():
+            paths += [
+                entry
+                for entry in listdir(os.path.join(subsystem, controller))
+                if entry.startswith(controller + "c") and entry.endswith("n" + str(nsid))
+            ]
+    return sorted(paths) or [name]
+
+
 def nvme_namespaces(sys_root=SYS):
     """Visible NVMe namespaces with their controller's identity, by block device name."""
     result = []

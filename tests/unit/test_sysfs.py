@@ -155,3 +155,8 @@ def test_missing_tree_gives_empty_lists(tmp_path):
 def test_read_int(tmp_path, text, expected):
     write(tmp_path / "attr", text)
     assert sysfs.read_int(str(tmp_path / "attr")) == expected
+
+
+def test_nvme_queues_are_the_paths_under_multipath(sys_root):
+    assert sysfs.nvme_queues("nvme0n1", str(sys_root)) == ["nvme0n1"]  # plain: its own queue
+    assert sysfs.nvme_queues("nvme1n1", str(sys_root)) == ["nvme1c1n1"]  # multipath head: its path's

@@ -1,0 +1,549 @@
+#!/usr/bin/python
+# Copyright: contributors to hpc-datapath
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Local NVMe volumes: RAID0 or one per device, with a file system, never destroying data unasked."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: nvme_storage
+short_description: Build local NVMe volumes (md RAID0 or one per device) safely
+description:
+  - Discovers the node's NVMe namespaces from sysfs and C(nvme-cli) (serial, model, firmware,
+    size, NUMA node, PCI address, health, existing signatures), selects each volume's devices by
+    serial, model pattern or all, and makes the volumes exist - an md RAID0 array (or the bare
+    devices) with an XFS or ext4 file system whose stripe geometry matches the array.
+  - Safe mode, always on - a device that carries any signature (partition table, file system, md
+    member, LVM) or holds other devices is never touched unless its serial is listed in
+    I(wipe_serials); then the run reports what it destroyed. An existing array is never grown or
+    changed; with every member opted in, it is stopped, wiped and built anew.
+  - The disks under C(/), C(/boot), C(/boot/efi) and swap are never candidates.
+  - Applies the I/O tuning to the selected devices at once; the role persists it with a udev rule.
+  - Mounting, C(fstab), C(mdadm.conf) and the initramfs are left to the role's tasks, with the
+    C(targets) this module returns.
+  - With I(state=info) it changes nothing, even outside check mode - it reports, plans (C(actions))
+    and fails on anything a real run would refuse.
+options:
+  volumes:
+    description: The volumes, each selecting its devices by exactly one of I(serials), I(model_pattern), I(all).
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      name:
+        description: Volume name; the md array is C(/dev/md/<name>).
+        type: str
+        required: true
+      layout:
+        description: C(raid0) stripes the devices into one array; C(single) gives each device its own file system.
+        type: str
+        choices: [raid0, single]
+        default: raid0
+      serials:
+        description: Serial numbers of the devices.
+        type: list
+        elements: str
+      model_pattern:
+        description: Regular expression matched against the model of every NVMe device.
+        type: str
+      all:
+        description: Every NVMe device except those holding the system and those of other volumes.
+        type: bool
+        default: false
+      chunk_kib:
+        description: RAID0 chunk size in KiB, a power of two from 4 to 65536.
+        type: int
+        default: 512
+      filesystem:
+        description: File system to create.
+        type: str
+        choices: [xfs, ext4]
+        default: xfs
+      mount_point:
+        description: Absolute mount point; C(single) mounts device i at C(<mount_point>/disk<i>).
+        type: str
+        required: true
+  wipe_serials:
+    description: Serials whose existing data may be destroyed. Nothing else is ever wiped.
+    type: list
+    elements: str
+    default: []
+  tuning:
+    description: I/O queue settings applied to every selected device; a null value leaves the setting alone.
+    type: dict
+    default: {}
+    suboptions:
+      scheduler:
+        description: I/O scheduler.
+        type: str
+      read_ahead_kb:
+        description: Read-ahead in KiB (also applied to the md array).
+        type: int
+      nr_requests:
+        description: Queue depth of the block layer.
+        type: int
+  state:
+    description: C(present) builds the volumes; C(info) only reports and validates.
+    type: str
+    choices: [present, info]
+    default: present
+author:
+  - hpc-datapath contributors
+"""
+
+EXAMPLES = r"""
+- name: Stripe every NVMe device into /scratch
+  nvme_storage:
+    volumes:
+      - {name: scratch, layout: raid0, all: true, mount_point: /scratch}
+    tuning: {scheduler: none, read_ahead_kb: 4096}
+"""
+
+RETURN = r"""
+devices:
+  description: Every NVMe namespace with its identity, health, signatures and whether it holds the system.
+  returned: always
+  type: list
+  elements: dict
+volumes:
+  description: >-
+    Each volume with its devices, the mount points its other layout would use, and its targets,
+    the block devices that carry a file system,
+    each with device, uuid (null in check mode for a file system still to create), fstype and mount_point;
+    and for RAID0 the md array (device, uuid).
+  returned: always
+  type: list
+  elements: dict
+destroyed:
+  description: What was (or, in check mode, would be) wiped, as serial, device and the signatures found.
+  returned: always
+  type: list
+  elements: dict
+actions:
+  description: The commands run (or, in check mode, that would run), in order.
+  returned: always
+  type: list
+  elements: str
+refused:
+  description: >-
+    With I(state=info), why a real run would refuse (null when it would not); the other states
+    fail with this message instead.
+  returned: always
+  type: str
+"""
+
+import json
+import os
+import re
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.hpc_datapath.blockdev import base_disks, device_name, holders, md_arrays, partitions
+from ansible.module_utils.hpc_datapath.sysfs import nvme_namespaces, nvme_queues, read
+
+SYSTEM_MOUNTS = ("/", "/boot", "/boot/efi", "/usr", "/var")
+
+
+class Refused(Exception):
+    """An input or a state the module will not act on; nothing has been changed."""
+
+
+class NvmeStorage:
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+        self.check_mode = module.check_mode
+        self.actions = []
+        self.destroyed = []
+        self.changed = False
+
+    # --- reading the node ---------------------------------------------------------------
+
+    def run(self, args, check_rc=True):
+        rc, out, err = self.module.run_command(args)
+        if check_rc and rc != 0:
+            self.module.fail_json(msg=f"{' '.join(args)} failed (rc={rc}): {err.strip() or out.strip()}")
+        return rc, out, err
+
+    def change(self, args):
+        """Run a command that changes the node, or only record it in check mode."""
+        self.actions.append(" ".join(args))
+        self.changed = True
+        if not self.check_mode:
+            self.run(args)
+
+    def system_disks(self):
+        disks = set()
+        with open("/proc/mounts") as mounts:
+            for line in mounts:
+                source, target = line.split()[:2]
+                if target in SYSTEM_MOUNTS and source.startswith("/dev/"):
+                    name = device_name(source)
+                    if name:
+                        disks |= base_disks(name)
+        with open("/proc/swaps") as swaps:
+            for line in list(swaps)[1:]:
+                name = device_name(line.split()[0])
+                if name:
+                    disks |= base_disks(name)
+        return disks
+
+    def signatures(self, device):
+        """Everything that says a device is in use: wipefs signatures, partitions, holders."""
+        _, out, _ = self.run(["wipefs", "--no-act", "--json", f"/dev/{device}"])
+        found = [
+            f"{sig.get('type')}" + (f" ({sig['label']})" if sig.get("label") else "")
+            for sig in (json.loads(out or "{}").get("signatures") or [])
+        ]
+        found += [f"partition {name}" for name in partitions(device)]
+        found += [f"held by {name}" for name in holders(device)]
+        return found
+
+    def health(self, controller):
+        rc, out, _ = self.run(["nvme", "smart-log", "--output-format=json", f"/dev/{controller}"], check_rc=False)
+        if rc != 0:
+            return None
+        log = json.loads(out)
+        return {
+            "critical_warning": int(log.get("critical_warning", 0)),
+            "percent_used": int(log.get("percent_used", log.get("percentage_used", 0))),
+            "media_errors": int(log.get("media_errors", 0)),
+        }
+
+    def discover(self):
+        system = self.system_disks()
+        devices = []
+        for namespace in nvme_namespaces():
+            devices.append(
+                {
+                    **namespace,
+                    "system": namespace["name"] in system,
+                    "signatures": self.signatures(namespace["name"]),
+                    "health": self.health(namespace["controller"]),
+                }
+            )
+        return devices
+
+    def filesystem(self, path):
+        """(TYPE, UUID) of what blkid finds on a device, probing it rather than its cache."""
+        rc, out, _ = self.run(["blkid", "-p", "-o", "export", path], check_rc=False)
+        values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line) if rc == 0 else {}
+        return values.get("TYPE"), values.get("UUID")
+
+    # --- deciding ----------------------------------------------------------------------
+
+    @staticmethod
+    def check_volume(volume):
+        """Input checks that need no look at the node."""
+        name, chunk = volume["name"], volume["chunk_kib"]
+        if sum([bool(volume.get("serials")), bool(volume.get("model_pattern")), bool(volume.get("all"))]) != 1:
+            raise Refused(f"volume {name}: select devices by exactly one of serials, model_pattern, all")
+        if chunk & (chunk - 1) or not 4 <= chunk <= 65536:
+            raise Refused(f"volume {name}: chunk_kib {chunk} is not a power of two from 4 to 65536")
+        if not os.path.isabs(volume["mount_point"]) or volume["mount_point"] == "/":
+            raise Refused(f"volume {name}: mount_point {volume['mount_point']!r} is not an absolute path below /")
+
+    @staticmethod
+    def pick(volume, devices, claimed):
+        """The devices a volume selects, before the checks that apply to every selection."""
+        name = volume["name"]
+        if volume.get("serials"):
+            by_serial = {}
+            for device in devices:
+                by_serial.setdefault(device["serial"], []).append(device)
+            missing = [serial for serial in volume["serials"] if serial not in by_serial]
+            if missing:
+                present = ", ".join(sorted(by_serial)) or "none"
+                raise Refused(f"volume {name}: serials {', '.join(missing)} are not on this node (present: {present})")
+            if any(len(by_serial[serial]) > 1 for serial in volume["serials"]):
+                raise Refused(f"volume {name}: a selected controller has several namespaces; select them by name")
+            return [by_serial[serial][0] for serial in volume["serials"]]
+        if volume.get("model_pattern"):
+            pattern = re.compile(volume["model_pattern"])
+            picked = [d for d in devices if pattern.search(d["model"] or "") and not d["system"]]
+            if not picked:
+                raise Refused(f"volume {name}: model_pattern {volume['model_pattern']!r} matches no NVMe device")
+            return picked
+        return [d for d in devices if not d["system"] and d["name"] not in claimed]
+
+    def select(self, devices):
+        """{volume name: [device dicts]} after every input check; raises Refused."""
+        names = [volume["name"] for volume in self.params["volumes"]]
+        if len(set(names)) != len(names):
+            raise Refused(f"volume names must be unique: {', '.join(names)}")
+        claimed, chosen = {}, {}
+        # Explicit selections first, so that 'all' means every device no other volume names.
+        for volume in sorted(self.params["volumes"], key=lambda v: bool(v.get("all"))):
+            self.check_volume(volume)
+            picked = self.pick(volume, devices, claimed)
+            for device in picked:
+                if device["system"]:
+                    raise Refused(
+                        f"volume {volume['name']}: {device['serial']} ({device['name']}) holds the system "
+                        "and is never used"
+                    )
+                if device["name"] in claimed:
+                    raise Refused(
+                        f"device {device['serial']} is in two volumes, {claimed[device['name']]} and "
+                        f"{volume['name']}: one layout per device"
+                    )
+                claimed[device["name"]] = volume["name"]
+            chosen[volume["name"]] = sorted(picked, key=lambda d: d["serial"])
+        return chosen
+
+    def existing_array(self, volume):
+        """The running md array named after the volume, with its members' serials, or None."""
+        link = f"/dev/md/{volume['name']}"
+        if not os.path.exists(link):
+            return None
+        kernel = os.path.basename(os.path.realpath(link))
+        info = md_arrays().get(kernel)
+        if info is None:
+            return None
+        # The namespace's device is its controller, or under native multipath its subsystem: both have a serial.
+        serials = sorted(read(f"/sys/block/{member}/device/serial") or member for member in info["members"])
+        return {"kernel": kernel, "device": link, **info, "serials": serials}
+
+    def plan_wipe(self, volume, devices, reason):
+        """Wipe devices that carry data, if every one of them is opted in; else refuse."""
+        dirty = [d for d in devices if d["signatures"]]
+        not_allowed = [d for d in dirty if d["serial"] not in self.params["wipe_serials"]]
+        if not_allowed:
+            details = "; ".join(f"{d['serial']} ({d['name']}): {', '.join(d['signatures'])}" for d in not_allowed)
+            raise Refused(
+                f"volume {volume['name']}: {reason}. Refusing to destroy data on {details}. To allow it, list "
+                f"these serials in nvme_storage_wipe_serials"
+            )
+        return dirty
+
+    def destroy(self, devices):
+        for device in devices:
+            self.destroyed.append(
+                {"serial": device["serial"], "device": f"/dev/{device['name']}", "signatures": device["signatures"]}
+            )
+            for holder in holders(device["name"]):
+                if holder.startswith("md"):
+                    for mount in self.mounts_of(f"/dev/{holder}"):
+                        self.change(["umount", mount])
+                    self.change(["mdadm", "--stop", f"/dev/{holder}"])
+            for part in partitions(device["name"]):
+                for mount in self.mounts_of(f"/dev/{part}"):
+                    self.change(["umount", mount])
+            for mount in self.mounts_of(f"/dev/{device['name']}"):
+                self.change(["umount", mount])
+            self.change(["wipefs", "--all", "--force", f"/dev/{device['name']}"])
+
+    def mounts_of(self, path):
+        real = os.path.realpath(path)
+        with open("/proc/mounts") as mounts:
+            return [line.split()[1] for line in mounts if os.path.realpath(line.split()[0]) == real]
+
+    def mkfs(self, volume, path, stripe_devices, force):
+        chunk = volume["chunk_kib"]
+        if volume["filesystem"] == "xfs":
+            args = ["mkfs.xfs", "-q", "-L", volume["name"][:12]]
+            if stripe_devices > 1:
+                args += ["-d", f"su={chunk}k,sw={stripe_devices}"]
+            if force:
+                args.append("-f")
+        else:
+            args = ["mkfs.ext4", "-q", "-L", volume["name"][:16]]
+            if stripe_devices > 1:
+                stride = chunk // 4
+                args += ["-E", f"stride={stride},stripe_width={stride * stripe_devices}"]
+            if force:
+                args.append("-F")
+        self.change([*args, path])
+
+    def raid0(self, volume, devices):
+        wanted_serials = [d["serial"] for d in devices]
+        array = self.existing_array(volume)
+        chunk_bytes = volume["chunk_kib"] * 1024
+        matches = array is not None and (
+            array["level"] == "raid0"
+            and array["chunk_bytes"] == chunk_bytes
+            and array["serials"] == sorted(wanted_serials)
+        )
+        wiped = []
+        if array is not None and not matches:
+            current = (
+                f"{array['device']} exists as {array['level']}, chunk {array['chunk_bytes'] // 1024} KiB, "
+                f"members {', '.join(array['serials'])}"
+            )
+            # Changing it means destroying it: every current member and every new device must be opted in.
+            affected = [d for d in devices if d["signatures"]] + [
+                d for d in self.all_devices if d["name"] in array["members"] and d not in devices
+            ]
+            wiped = self.plan_wipe(volume, affected, f"{current}; growing or changing an array destroys it")
+        elif array is None:
+            wiped = self.plan_wipe(volume, devices, "its devices already carry data")
+        if wiped:
+            self.destroy(wiped)
+        if not matches:
+            self.change(
+                [
+                    "mdadm",
+                    "--create",
+                    f"/dev/md/{volume['name']}",
+                    "--run",
+                    "--level=0",
+                    f"--chunk={volume['chunk_kib']}",
+                    "--metadata=1.2",
+                    "--homehost=any",
+                    f"--name={volume['name']}",
+                    f"--raid-devices={len(devices)}",
+                    *[f"/dev/{d['name']}" for d in devices],
+                ]
+            )
+            if not self.check_mode:
+                self.run(["udevadm", "settle"])
+        path = f"/dev/md/{volume['name']}"
+        fstype = self.filesystem(path)[0] if matches else None
+        if matches and fstype not in (None, volume["filesystem"]):
+            self.plan_wipe(volume, devices, f"{path} carries {fstype}, not {volume['filesystem']}")
+            self.destroyed.append({"serial": None, "device": path, "signatures": [fstype]})
+        if fstype != volume["filesystem"]:
+            self.mkfs(volume, path, len(devices), force=bool(wiped) or fstype is not None)
+        md_uuid = None
+        if not self.check_mode or matches:
+            _, out, _ = self.run(["mdadm", "--detail", "--export", path])
+            md_uuid = dict(line.split("=", 1) for line in out.splitlines() if "=" in line).get("MD_UUID")
+        return {"md": {"device": path, "uuid": md_uuid}, "targets": [self.target(volume, path, volume["mount_point"])]}
+
+    def single(self, volume, devices):
+        targets = []
+        for index, device in enumerate(devices):
+            path = f"/dev/{device['name']}"
+            fstype, _ = self.filesystem(path)
+            plain = fstype == volume["filesystem"] and not partitions(device["name"]) and not holders(device["name"])
+            if not plain:
+                wiped = self.plan_wipe(
+                    volume, [device], f"{device['serial']} is not a bare {volume['filesystem']} device"
+                )
+                if wiped:
+                    self.destroy(wiped)
+                self.mkfs(volume, path, 1, force=bool(wiped))
+            targets.append(self.target(volume, path, f"{volume['mount_point']}/disk{index}"))
+        return {"md": None, "targets": targets}
+
+    def target(self, volume, path, mount_point):
+        fstype, uuid = self.filesystem(path) if not self.check_mode or not self.changed else (None, None)
+        if not self.check_mode:
+            for _ in range(50):  # udev may still be writing the new file system's links
+                if uuid:
+                    break
+                time.sleep(0.1)
+                fstype, uuid = self.filesystem(path)
+        return {"device": path, "uuid": uuid, "fstype": fstype or volume["filesystem"], "mount_point": mount_point}
+
+    def tune(self, devices, md_devices):
+        tuning = {key: value for key, value in (self.params["tuning"] or {}).items() if value is not None}
+        for device in devices:
+            # Read-ahead belongs to the device that is read; scheduler and queue depth to the
+            # request queues, which under native multipath are the paths' (see nvme_queues).
+            for key, value in tuning.items():
+                for name in [device["name"]] if key == "read_ahead_kb" else nvme_queues(device["name"]):
+                    self.write_queue(name, key, value)
+        for path in md_devices:
+            if "read_ahead_kb" in tuning and os.path.exists(path):
+                self.write_queue(os.path.basename(os.path.realpath(path)), "read_ahead_kb", tuning["read_ahead_kb"])
+
+    def write_queue(self, device, key, value):
+        attribute = f"/sys/block/{device}/queue/{key}"
+        current = read(attribute) or ""
+        if key == "scheduler":
+            active = re.search(r"\[(\S+)\]", current)
+            if (active.group(1) if active else current) == value:
+                return
+        elif current == str(value):
+            return
+        self.actions.append(f"echo {value} > {attribute}")
+        self.changed = True
+        if not self.check_mode:
+            try:
+                with open(attribute, "w") as handle:
+                    handle.write(str(value))
+            except OSError as error:
+                raise Refused(f"cannot set {attribute} to {value}: {error}") from error
+
+    def build(self):
+        devices = self.discover()
+        self.all_devices = devices
+        chosen = self.select(devices)
+        result = {"devices": devices, "volumes": []}
+        for volume in self.params["volumes"]:
+            picked = chosen[volume["name"]]
+            built = self.raid0(volume, picked) if volume["layout"] == "raid0" else self.single(volume, picked)
+            self.tune(picked, [built["md"]["device"]] if built["md"] else [])
+            # Where the other layout would mount, so the role can drop what a layout change left in fstab.
+            other = (
+                [f"{volume['mount_point']}/disk{i}" for i in range(len(picked))]
+                if volume["layout"] == "raid0"
+                else [volume["mount_point"]]
+            )
+            result["volumes"].append(
+                {
+                    "name": volume["name"],
+                    "layout": volume["layout"],
+                    "devices": picked,
+                    "other_layout_mount_points": other,
+                    **built,
+                }
+            )
+        return result
+
+    def apply(self):
+        """Plan everything first, touching nothing, so that a refusal anywhere leaves the node as it was."""
+        check_mode = self.check_mode
+        self.check_mode = True
+        planned = self.build()
+        if check_mode or self.params["state"] == "info" or not self.changed:
+            return planned
+        self.check_mode, self.changed, self.actions, self.destroyed = False, False, [], []
+        return self.build()
+
+
+def main():
+    volume_options = {
+        "name": {"type": "str", "required": True},
+        "layout": {"type": "str", "choices": ["raid0", "single"], "default": "raid0"},
+        "serials": {"type": "list", "elements": "str"},
+        "model_pattern": {"type": "str"},
+        "all": {"type": "bool", "default": False},
+        "chunk_kib": {"type": "int", "default": 512},
+        "filesystem": {"type": "str", "choices": ["xfs", "ext4"], "default": "xfs"},
+        "mount_point": {"type": "str", "required": True},
+    }
+    module = AnsibleModule(
+        argument_spec={
+            "volumes": {"type": "list", "elements": "dict", "required": True, "options": volume_options},
+            "wipe_serials": {"type": "list", "elements": "str", "default": []},
+            "tuning": {
+                "type": "dict",
+                "default": {},
+                "options": {
+                    "scheduler": {"type": "str"},
+                    "read_ahead_kb": {"type": "int"},
+                    "nr_requests": {"type": "int"},
+                },
+            },
+            "state": {"type": "str", "choices": ["present", "info"], "default": "present"},
+        },
+        supports_check_mode=True,
+    )
+    storage = NvmeStorage(module)
+    try:
+        result = storage.apply()
+    except Refused as refusal:
+        if module.params["state"] == "info":  # a report, for the caller to act on with its own message
+            module.exit_json(changed=False, refused=str(refusal), devices=[], volumes=[], destroyed=[], actions=[])
+        module.fail_json(msg=str(refusal), changed=storage.changed, actions=storage.actions)
+    result.update(changed=storage.changed, destroyed=storage.destroyed, actions=storage.actions, refused=None)
+    if module._diff and storage.actions:
+        result["diff"] = {"prepared": "\n".join(storage.actions) + "\n"}
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
