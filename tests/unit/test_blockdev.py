@@ -1,20 +1,10 @@
 """Block device relations from a fake sysfs: the disks under a mount, holders, md arrays."""
 
-import os
 from pathlib import Path
 
 import pytest
 from ansible.module_utils.hpc_datapath import blockdev
-
-
-def write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n")
-
-
-def link(path: Path, target: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.symlink(target, path)
+from fake_sysfs import link, write
 
 
 def disk(root: Path, name: str, parts=()):

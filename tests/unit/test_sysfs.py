@@ -1,22 +1,12 @@
 """The sysfs readers against a fake tree shaped like the kernel's."""
 
-import os
 from pathlib import Path
 
 import pytest
 from ansible.module_utils.hpc_datapath import sysfs
+from fake_sysfs import link, write
 
 PCI = "devices/pci0000:00"
-
-
-def write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n")
-
-
-def link(path: Path, target: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.symlink(target, path)
 
 
 def add_nic(root: Path, name: str, pci: str, driver: str, *, speed="25000", vf_of=None, totalvfs=None):
