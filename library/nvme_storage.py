@@ -101,6 +101,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+ansible_facts:
+  description: C(nvme_devices), the same list as C(devices).
+  returned: always
+  type: dict
 devices:
   description: Every NVMe namespace with its identity, health, signatures and whether it holds the system.
   returned: always
@@ -201,7 +205,11 @@ class NvmeStorage:
         return found
 
     def health(self, controller):
-        rc, out, _ = self.run(["nvme", "smart-log", "--output-format=json", f"/dev/{controller}"], check_rc=False)
+        """The smart-log fields the health gates use, or None where nvme-cli cannot tell."""
+        nvme = self.module.get_bin_path("nvme")
+        if nvme is None:
+            return None
+        rc, out, _ = self.run([nvme, "smart-log", "--output-format=json", f"/dev/{controller}"], check_rc=False)
         if rc != 0:
             return None
         log = json.loads(out)
@@ -540,6 +548,7 @@ def main():
             module.exit_json(changed=False, refused=str(refusal), devices=[], volumes=[], destroyed=[], actions=[])
         module.fail_json(msg=str(refusal), changed=storage.changed, actions=storage.actions)
     result.update(changed=storage.changed, destroyed=storage.destroyed, actions=storage.actions, refused=None)
+    result["ansible_facts"] = {"nvme_devices": result["devices"]}
     if module._diff and storage.actions:
         result["diff"] = {"prepared": "\n".join(storage.actions) + "\n"}
     module.exit_json(**result)
