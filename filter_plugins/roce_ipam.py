@@ -4,8 +4,8 @@
 
 A pure function of (ledger, pools, requests, release): the ledger records every address handed
 out, keyed by (pool, host, device). Addresses in it never move; new keys take the lowest free
-address of their pool in natural order of host, then device. Self-contained on purpose: a filter
-file that imports module_utils is skipped by Ansible, and its filters vanish.
+address of their pool in natural order of host, then device. Self-contained on purpose: Ansible skips a
+filter file that imports the project's shared module code, and its filters vanish.
 
 Addresses are handled as integers. Free space is searched with sorted blocked intervals (network
 and broadcast addresses, gateway, exclusions, outside the range) plus a "next free" map with
