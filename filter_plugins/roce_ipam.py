@@ -45,16 +45,12 @@ def format_address(value, version):
     return socket.inet_ntop(_FAMILY[version], value.to_bytes(_WIDTH[version], "big"))
 
 
-def parse_address(text, version=None):
-    """(integer, version) of an address in any valid spelling, or None when it is not one."""
-    if not isinstance(text, str):
+def parse_address(text, version):
+    """The integer of an IPv<version> address in any valid spelling, or None when it is not one."""
+    try:
+        return int.from_bytes(socket.inet_pton(_FAMILY[version], text), "big")
+    except (OSError, TypeError):
         return None
-    for candidate in (version,) if version else (4, 6):
-        try:
-            return int.from_bytes(socket.inet_pton(_FAMILY[candidate], text), "big"), candidate
-        except OSError:
-            continue
-    return None
 
 
 def _merge(intervals):
@@ -104,7 +100,6 @@ class Pool:
             blocked.append([self.first, self.first])
         if self.gateway is not None:
             blocked.append([self.gateway, self.gateway])
-        self._static_blocked = blocked
         self.reserved = {}  # (host, device) -> address
         self.reserved_by_address = {}  # address -> (host, device)
         for position, reservation in enumerate(spec.get("reserved") or []):
@@ -121,9 +116,9 @@ class Pool:
         parsed = parse_address(text, self.version)
         if parsed is None:
             _fail(f"pool {self.name}: {field} {text!r} is not an IPv{self.version} address")
-        if not self.first <= parsed[0] <= self.last:
+        if not self.first <= parsed <= self.last:
             _fail(f"pool {self.name}: {field} {text} is outside subnet {self.network.cidr}")
-        return parsed[0]
+        return parsed
 
     def _exclusions(self, items):
         if not isinstance(items, list):
@@ -165,10 +160,9 @@ class Pool:
         if not isinstance(reservation, dict) or not {"host", "device", "ip"} <= reservation.keys():
             _fail(f"pool {self.name}: reserved[{position}] needs host, device and ip")
         key = (str(reservation["host"]), str(reservation["device"]))
-        parsed = parse_address(reservation["ip"], self.version)
-        if parsed is None:
+        address = parse_address(reservation["ip"], self.version)
+        if address is None:
             _fail(f"pool {self.name}: reservation {reservation['ip']!r} for {key[0]}/{key[1]} is not an address")
-        address = parsed[0]
         reason = self.unusable_reason(address)
         if reason:
             _fail(f"pool {self.name}: reservation {reservation['ip']} for host {key[0]} device {key[1]} is {reason}")
