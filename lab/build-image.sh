@@ -21,7 +21,7 @@ image_size=${LAB_IMAGE_SIZE:-6G}
 packages=(
   linux-image-amd64 initramfs-tools systemd-sysv udev kmod dbus
   openssh-server python3 python3-apt sudo ca-certificates
-  iproute2 iputils-ping ethtool pciutils network-manager
+  iproute2 iputils-ping ethtool pciutils network-manager netplan.io
   mdadm nvme-cli xfsprogs e2fsprogs
   rdma-core ibverbs-utils ibverbs-providers perftest rdmacm-utils infiniband-diags
   nfs-common nfs-kernel-server
