@@ -68,10 +68,13 @@ def nics(sys_root=SYS):
         if not os.path.exists(device):
             continue  # lo, bonds, bridges, VLANs, veth: no hardware behind them
         speed = read_int(os.path.join(base, "speed"))
+        mac = read(os.path.join(base, "address"))
         result.append(
             {
                 "name": name,
-                "mac": read(os.path.join(base, "address")),
+                "mac": mac,
+                # A bond gives its members its own MAC; the burned-in one is kept here.
+                "perm_mac": read(os.path.join(base, "bonding_slave/perm_hwaddr"), mac),
                 "driver": link_name(os.path.join(device, "driver")),
                 "pci_address": pci_address(device),
                 "speed_mbps": speed if speed is not None and speed > 0 else None,

@@ -51,6 +51,7 @@ def sys_root(tmp_path: Path) -> Path:
     root = tmp_path / "sys"
     add_nic(root, "enp0s3", "0000:00:03.0", "virtio-pci", totalvfs=None)
     add_nic(root, "enp1s0", "0000:01:00.0", "igb", speed="-1", totalvfs=7)
+    write(root / PCI / "0000:01:00.0/net/enp1s0/bonding_slave/perm_hwaddr", "52:54:00:10:01:07")
     add_nic(root, "enp1s0v0", "0000:01:10.0", "igbvf", speed=None, vf_of="0000:01:00.0")
     # A bond and loopback have no device behind them.
     write(root / "devices/virtual/net/bond0/address", "aa:bb:cc:dd:ee:ff")
@@ -91,6 +92,7 @@ def test_nic_attributes(sys_root):
     assert nics["enp0s3"] == {
         "name": "enp0s3",
         "mac": "52:54:00:10:01:02",
+        "perm_mac": "52:54:00:10:01:02",
         "driver": "virtio-pci",
         "pci_address": "0000:00:03.0",
         "speed_mbps": 25000,
@@ -102,6 +104,7 @@ def test_nic_attributes(sys_root):
         "is_vf": False,
     }
     assert nics["enp1s0"]["speed_mbps"] is None  # -1: link down
+    assert nics["enp1s0"]["perm_mac"] == "52:54:00:10:01:07"  # in a bond: its own MAC, not the bond's
     assert nics["enp1s0"]["sriov_totalvfs"] == 7
     assert nics["enp1s0v0"]["is_vf"] is True
     assert nics["enp1s0v0"]["speed_mbps"] is None  # unreadable attribute
