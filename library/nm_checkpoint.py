@@ -1,0 +1,114 @@
+#!/usr/bin/python
+# Copyright: contributors to hpc-datapath
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Arm, confirm or inspect a NetworkManager checkpoint: the node's own network rollback timer."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: nm_checkpoint
+short_description: NetworkManager checkpoints, so that a network change undoes itself unless confirmed
+description:
+  - C(state=present) creates a checkpoint of every device with a rollback timeout. Unless it is
+    destroyed in time, NetworkManager itself restores the devices and connection profiles as they
+    were, deletes connections created since and removes new software devices such as a bond. No
+    SSH connection is needed for that; the timer runs inside NetworkManager on the node.
+  - C(state=absent) destroys the checkpoint, which confirms the change; it fails when the
+    checkpoint is gone, because then NetworkManager has already rolled the change back.
+  - C(state=query) reports whether the checkpoint still exists.
+  - Talks to NetworkManager's D-Bus API with C(busctl), which every systemd system has.
+options:
+  state: {description: What to do., type: str, choices: [present, absent, query], required: true}
+  rollback_timeout: {description: Seconds until NetworkManager rolls back (present)., type: int, default: 90}
+  path: {description: D-Bus path of the checkpoint (absent, query)., type: str}
+author:
+  - hpc-datapath contributors
+"""
+
+EXAMPLES = r"""
+- name: Arm the rollback timer
+  nm_checkpoint:
+    state: present
+    rollback_timeout: 90
+  register: checkpoint
+
+- name: Confirm the change
+  nm_checkpoint:
+    state: absent
+    path: "{{ checkpoint.path }}"
+"""
+
+RETURN = r"""
+path: {description: The checkpoint's D-Bus path., returned: success, type: str}
+exists: {description: Whether the checkpoint exists now., returned: always, type: bool}
+"""
+
+import re
+
+from ansible.module_utils.basic import AnsibleModule
+
+SERVICE = "org.freedesktop.NetworkManager"
+OBJECT = "/org/freedesktop/NetworkManager"
+# DELETE_NEW_CONNECTIONS | DISCONNECT_NEW_DEVICES: a rollback also removes what the change added.
+CREATE_FLAGS = 0x02 | 0x04
+
+
+def checkpoints(module, busctl):
+    rc, out, err = module.run_command([busctl, "get-property", SERVICE, OBJECT, SERVICE, "Checkpoints"])
+    if rc != 0:
+        module.fail_json(msg=f"cannot read NetworkManager's checkpoints: {err.strip()}")
+    return re.findall(r'"([^"]+)"', out)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "state": {"type": "str", "choices": ["present", "absent", "query"], "required": True},
+            "rollback_timeout": {"type": "int", "default": 90},
+            "path": {"type": "str"},
+        },
+        required_if=[("state", "absent", ["path"]), ("state", "query", ["path"])],
+        supports_check_mode=True,
+    )
+    state, path = module.params["state"], module.params["path"]
+    busctl = module.get_bin_path("busctl", required=True)
+    existing = checkpoints(module, busctl)
+
+    if state == "query":
+        module.exit_json(changed=False, path=path, exists=path in existing)
+    if state == "absent":
+        if path not in existing:
+            module.fail_json(
+                msg=f"checkpoint {path} is gone: NetworkManager has rolled the change back", path=path, exists=False
+            )
+        if not module.check_mode:
+            rc, _out, err = module.run_command(
+                [busctl, "call", SERVICE, OBJECT, SERVICE, "CheckpointDestroy", "o", path]
+            )
+            if rc != 0:
+                module.fail_json(msg=f"cannot confirm checkpoint {path}: {err.strip()}", path=path, exists=True)
+        module.exit_json(changed=True, path=path, exists=False)
+
+    if existing:
+        module.fail_json(
+            msg=(
+                f"NetworkManager already holds checkpoint(s) {', '.join(existing)}: another change waits for "
+                "confirmation or its run died; it rolls back when its timeout ends, then run again"
+            ),
+            exists=True,
+        )
+    if module.check_mode:
+        module.exit_json(changed=True, path=None, exists=False)
+    timeout = str(module.params["rollback_timeout"])
+    rc, out, err = module.run_command(
+        [busctl, "call", SERVICE, OBJECT, SERVICE, "CheckpointCreate", "aouu", "0", timeout, str(CREATE_FLAGS)]
+    )
+    created = re.search(r'"([^"]+)"', out)
+    if rc != 0 or not created:
+        module.fail_json(msg=f"cannot create a NetworkManager checkpoint: {(err or out).strip()}")
+    module.exit_json(changed=True, path=created.group(1), exists=True)
+
+
+if __name__ == "__main__":
+    main()
