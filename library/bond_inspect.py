@@ -125,36 +125,13 @@ def addresses_of(module, device):
 
 
 def routes_of(module, device):
+    """(destination, gateway) of the routes through a device that have a gateway."""
     found = set()
-    for family in ("-4", "-6"):
+    for family, default in (("-4", "0.0.0.0/0"), ("-6", "::/0")):
         for route in ip_json(module, [family, "route", "show", "dev", device]) or []:
             if route.get("gateway"):
-                dst = route.get("dst")
-                found.add(
-                    (
-                        str(ipaddress.ip_network("0.0.0.0/0" if family == "-4" else "::/0"))
-                        if dst == "default"
-                        else dst,
-                        route["gateway"],
-                    )
-                )
+                found.add((default if route.get("dst") == "default" else route.get("dst"), route["gateway"]))
     return found
-
-
-def normal_addresses(addresses):
-    return sorted(str(ipaddress.ip_interface(a)) for a in addresses)
-
-
-def wanted_routes(routes):
-    result = set()
-    for route in routes:
-        if route.get("via") is None:
-            continue
-        to = route["to"]
-        if to == "default":
-            to = "0.0.0.0/0" if ipaddress.ip_address(str(route["via"])).version == 4 else "::/0"
-        result.add((str(ipaddress.ip_network(str(to))), str(ipaddress.ip_address(str(route["via"])))))
-    return result
 
 
 def ip_settings(addresses, routes):
@@ -173,7 +150,8 @@ def ip_settings(addresses, routes):
     return result
 
 
-def drift_of(module, config, members, status):
+def drift_of(module, config, members, status, interfaces):
+    """Where the running bond differs from the configuration; interfaces: ip_settings by device."""
     if status is None:
         return [f"{config['name']} does not exist"]
     drift = []
@@ -183,14 +161,11 @@ def drift_of(module, config, members, status):
     running = sorted(m["name"] for m in status["members"])
     if running != sorted(m["name"] for m in members):
         drift.append(f"members are {running}")
-    interfaces = [(config["name"], config["addresses"], config["routes"])]
-    interfaces += [
-        (f"{config['name']}.{v['id']}", v.get("addresses") or [], v.get("routes") or []) for v in config["vlans"]
-    ]
-    for device, addresses, routes in interfaces:
-        if sorted(status["addresses"].get(device) or []) != normal_addresses(addresses):
+    for device, settings in interfaces.items():
+        families = (settings["ipv4"], settings["ipv6"])
+        if sorted(status["addresses"].get(device) or []) != sorted(a for f in families for a in f["addresses"]):
             drift.append(f"{device} has addresses {status['addresses'].get(device)}")
-        missing = wanted_routes(routes) - routes_of(module, device)
+        missing = {(r["to"], r["via"]) for f in families for r in f["routes"]} - routes_of(module, device)
         if missing:
             drift.append(f"{device} lacks routes {sorted(missing)}")
     return drift
@@ -246,10 +221,10 @@ def main():
         status["addresses"] = {device: addresses_of(module, device) for device in devices}
     drift, interfaces = [], {}
     if not problems:
-        drift = drift_of(module, config, members, status)
         interfaces = {config["name"]: ip_settings(config["addresses"], config["routes"])}
         for device, vlan in zip(devices[1:], config["vlans"], strict=True):
             interfaces[device] = ip_settings(vlan.get("addresses") or [], vlan.get("routes") or [])
+        drift = drift_of(module, config, members, status, interfaces)
     module.exit_json(
         changed=False,
         problems=problems,
