@@ -54,6 +54,9 @@ DATA_LINKS = (
     ("data0", 0x3, "virtio-net-pci,speed=25000,duplex=full"),
     ("data1", 0x4, "virtio-net-pci,speed=25000,duplex=full"),
     ("sriov", None, "igb"),  # behind its own PCIe root port, where SR-IOV works
+    # Two RoCE rails (Soft-RoCE on top in the lab), shaped like the 100G ConnectX rails.
+    ("rail0", 0x8, "virtio-net-pci,speed=100000,duplex=full"),
+    ("rail1", 0x9, "virtio-net-pci,speed=100000,duplex=full"),
 )
 NVME_PER_NODE = 2
 NVME_SIZE = "4G"

@@ -105,6 +105,7 @@ import json
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.hpc_datapath.bonding import bond_status, check_config
+from ansible.module_utils.hpc_datapath.netbackend import detect
 from ansible.module_utils.hpc_datapath.sysfs import nics
 
 
@@ -171,21 +172,6 @@ def drift_of(module, config, members, status, interfaces):
     return drift
 
 
-def choose_backend(wanted, nm_running, has_netplan):
-    """The backend to use and, where none fits, why (as a problem sentence)."""
-    if wanted == "networkmanager" and not nm_running:
-        return None, "bond_backend: networkmanager is asked for, but NetworkManager is not running"
-    if wanted == "netplan" and not has_netplan:
-        return None, "bond_backend: netplan is asked for, but the netplan command is not installed"
-    if wanted == "auto":
-        if nm_running:
-            return "networkmanager", None
-        if has_netplan:
-            return "netplan", None
-        return None, "bond_backend: neither NetworkManager runs nor netplan is installed; no supported backend"
-    return wanted, None
-
-
 def main():
     module = AnsibleModule(
         argument_spec={
@@ -208,10 +194,7 @@ def main():
     config = module.params
     root = config["sysfs_root"]
     members, problems = check_config(config, nics(root))
-    nm_installed = bool(module.get_bin_path("NetworkManager", opt_dirs=["/usr/sbin"]))
-    systemctl = module.get_bin_path("systemctl")
-    nm_running = bool(systemctl) and module.run_command([systemctl, "is-active", "--quiet", "NetworkManager"])[0] == 0
-    backend, backend_problem = choose_backend(config["backend"], nm_running, bool(module.get_bin_path("netplan")))
+    backend, backend_problem, nm_installed, nm_running = detect(module, "bond_backend", config["backend"])
     if backend_problem:
         problems.append(backend_problem)
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from ansible.module_utils.hpc_datapath.bonding import bond_status, check_config
+from ansible.module_utils.hpc_datapath.netbackend import choose_backend
 from conftest import ROOT, _load
 from fake_sysfs import link, write
 
@@ -209,7 +210,7 @@ def test_parse_features():
     ],
 )
 def test_choose_backend(wanted, nm_running, has_netplan, backend, problem):
-    chosen, why = inspect.choose_backend(wanted, nm_running, has_netplan)
+    chosen, why = choose_backend("bond_backend", wanted, nm_running, has_netplan)
     assert chosen == backend
     assert (why or "").startswith(problem or "")
     assert (why is None) == (problem is None)

@@ -80,7 +80,7 @@ def test_igb_creates_sriov_vfs(lab_node):
     assert host.run(f"ls -d {device}/virtfn*").rc != 0
 
 
-@pytest.mark.parametrize("nic", [2, 3, 4], ids=["data0", "data1", "igb"])
+@pytest.mark.parametrize("nic", [2, 3, 4, 5, 6], ids=["data0", "data1", "igb", "rail0", "rail1"])
 def test_link_carries_traffic_between_nodes(nic):
     """Each wire between the nodes passes IP traffic, in both directions."""
     hosts = [node(name) for name in NODES]
