@@ -74,7 +74,7 @@ def check_settings(settings):
     return problems
 
 
-def plan_rails(rails, addresses, netdevs, default_route_netdevs, source_routing, table_base):
+def plan_rails(rails, addresses, *, netdevs, default_route_netdevs, source_routing, table_base, rule_priority_base):
     """The rails with their addresses and routing, and the problems that stop the run.
 
     rails: the hardware profile's [{device, netdev, pool}]; addresses: the IPAM facts
@@ -110,7 +110,8 @@ def plan_rails(rails, addresses, netdevs, default_route_netdevs, source_routing,
                 problems.append(f"{where}: netdev {netdev} does not exist on this node")
             elif netdev in default_route_netdevs:
                 problems.append(
-                    f"{where}: netdev {netdev} carries the node's default route; a RoCE rail must not be the management path"
+                    f"{where}: netdev {netdev} carries the node's default route; "
+                    "a RoCE rail must not be the management path"
                 )
         elif not npu:
             problems.append(f"{where}: needs a netdev, or must be an Ascend NPU port named npu<N>")
@@ -136,6 +137,7 @@ def plan_rails(rails, addresses, netdevs, default_route_netdevs, source_routing,
         shared = sum(1 for other in linux if other["network"] == rail["network"]) > 1
         rail["source_routing"] = shared if source_routing == "auto" else source_routing == "always"
         rail["table"] = table_base + position
+        rail["rule_priority"] = rule_priority_base + position
     return planned, problems
 
 
@@ -257,12 +259,14 @@ def soft_roce_links(runner):
 def apply_soft_roce(runner, rail, links):
     device, netdev = rail["device"], rail["netdev"]
     if device not in links:
-        runner.change(["rdma", "link", "add", device, "type", "rxe", "netdev", netdev], f"{device}: Soft-RoCE on {netdev}")
+        runner.change(
+            ["rdma", "link", "add", device, "type", "rxe", "netdev", netdev], f"{device}: Soft-RoCE on {netdev}"
+        )
     elif links[device] != netdev:
         raise ApplyError(f"{device} is an RDMA device on {links[device]}, not on {netdev}")
 
 
-def apply_cm_defaults(runner, device, mode, tos, sys_root=SYS, configfs=CONFIGFS):
+def apply_cm_defaults(runner, device, mode, tos, *, sys_root=SYS, configfs=CONFIGFS):
     """RoCE mode and ToS for connections rdma_cm makes: configfs, per port."""
     base = f"{configfs}/rdma_cm"
     if not os.path.isdir(base):
@@ -325,7 +329,9 @@ def parse_dcb_map(text, key):
 def apply_dcb(runner, netdev, qos):
     rc, out, err = runner.query(["dcb", "pfc", "show", "dev", netdev, "prio-pfc"])
     if rc != 0:
-        raise ApplyError(f"dcb pfc show dev {netdev} failed (rc {rc}): {(err or out).strip()} (does the driver do DCB?)")
+        raise ApplyError(
+            f"dcb pfc show dev {netdev} failed (rc {rc}): {(err or out).strip()} (does the driver do DCB?)"
+        )
     wanted = {str(p): "on" if p in qos["pfc_priorities"] else "off" for p in range(8)}
     if parse_dcb_map(out, "prio-pfc") != wanted:
         runner.change(
@@ -338,7 +344,9 @@ def apply_dcb(runner, netdev, qos):
         runner.change(["dcb", "app", "replace", "dev", netdev, "dscp-prio", entry], f"{netdev}: DSCP {entry}")
     rc, out, _err = runner.query(["dcb", "apptrust", "show", "dev", netdev])
     if rc == 0 and not re.search(rf"order\s+{qos['trust']}\b", out):
-        runner.change(["dcb", "apptrust", "set", "dev", netdev, "order", qos["trust"]], f"{netdev}: trust {qos['trust']}")
+        runner.change(
+            ["dcb", "apptrust", "set", "dev", netdev, "order", qos["trust"]], f"{netdev}: trust {qos['trust']}"
+        )
 
 
 def apply_ecn(runner, netdev, qos, sys_root=SYS):
@@ -359,12 +367,12 @@ def apply_ecn(runner, netdev, qos, sys_root=SYS):
 
 
 def parse_hccn(text):
-    """The key:value lines of `hccn_tool ... -g` output ('ipaddr:10.0.0.1', 'netmask:...')."""
+    """The key:value lines of `hccn_tool ... -g` ('ipaddr:10.0.0.1', 'default gateway:10.0.0.254, Iface:eth0')."""
     values = {}
     for line in text.splitlines():
         key, sep, value = line.partition(":")
         if sep:
-            values[key.strip().lower()] = value.strip()
+            values[key.strip().lower()] = value.split(",")[0].strip()
     return values
 
 
@@ -392,9 +400,13 @@ def apply_hccn(runner, rail, netdetect):
             f"{rail['device']}: address {rail['address']}/{rail['prefix']}",
         )
     if rail["gateway"] and current["gateway"] != rail["gateway"]:
-        runner.change(["hccn_tool", "-i", npu, "-gateway", "-s", "gateway", rail["gateway"]], f"{rail['device']}: gateway")
+        runner.change(
+            ["hccn_tool", "-i", npu, "-gateway", "-s", "gateway", rail["gateway"]], f"{rail['device']}: gateway"
+        )
     if netdetect and current["netdetect"] != netdetect:
-        runner.change(["hccn_tool", "-i", npu, "-netdetect", "-s", "address", netdetect], f"{rail['device']}: netdetect")
+        runner.change(
+            ["hccn_tool", "-i", npu, "-netdetect", "-s", "address", netdetect], f"{rail['device']}: netdetect"
+        )
 
 
 # --- the whole plan ------------------------------------------------------------------------
@@ -412,7 +424,7 @@ def apply_plan(plan, runner, sys_root=SYS, configfs=CONFIGFS):
             apply_soft_roce(runner, rail, links)
         if runner.check_mode and not os.path.isdir(f"{sys_root}/class/infiniband/{rail['device']}"):
             continue  # created by the real run; nothing to compare against yet
-        apply_cm_defaults(runner, rail["device"], plan["mode"], plan["tos"], sys_root, configfs)
+        apply_cm_defaults(runner, rail["device"], plan["mode"], plan["tos"], sys_root=sys_root, configfs=configfs)
         if qos["tool"] == "mlnx_qos":
             apply_mlnx_qos(runner, rail["netdev"], qos)
         elif qos["tool"] == "dcb":
@@ -448,7 +460,9 @@ def rail_status(plan, runner, sys_root=SYS, configfs=CONFIGFS):
         if plan["qos"]["tool"] == "mlnx_qos":
             entry["qos"] = parse_mlnx_qos(runner.query(["mlnx_qos", "-i", netdev])[1])
         elif plan["qos"]["tool"] == "dcb":
-            entry["qos"] = {"pfc": parse_dcb_map(runner.query(["dcb", "pfc", "show", "dev", netdev, "prio-pfc"])[1], "prio-pfc")}
+            entry["qos"] = {
+                "pfc": parse_dcb_map(runner.query(["dcb", "pfc", "show", "dev", netdev, "prio-pfc"])[1], "prio-pfc")
+            }
         status[device] = entry
     return status
 

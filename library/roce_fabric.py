@@ -1,0 +1,316 @@
+#!/usr/bin/python
+# Copyright: contributors to hpc-datapath
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Plan, apply and report the RoCE rails of a node."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: roce_fabric
+short_description: Plan the RoCE rails of a node, apply their runtime settings, report their state
+description:
+- C(state=plan) changes nothing. It checks the rails of the hardware profile against the IPAM addresses
+  and the node, resolves C(qos.tool=auto) and the network backend, and returns the plan (per rail
+  address, netmask, network, routing table) and the problems found, as sentences that start with
+  the role variable they are about. It does not fail on them.
+- C(state=apply) brings Soft-RoCE devices, the rdma_cm defaults (RoCE mode, ToS), lossless QoS (C(mlnx_qos)
+  or C(dcb), mlx5 ECN sysfs) and Ascend NPU ports (C(hccn_tool)) to the plan, reading every value
+  first and changing only what differs. Supports check mode. Returns the state of every rail.
+- The same code (module_utils C(hpc_datapath.roce)) runs at boot as C(hpc-roce.service).
+options:
+  state:
+    description: What to do.
+    type: str
+    choices:
+    - plan
+    - apply
+    default: plan
+  rails:
+    description: The hardware profile's rails (C(device)
+    C(netdev): null
+    C(pool): null
+    C(soft_roce)).: null
+    type: list
+    elements: dict
+    default: []
+  addresses:
+    description: The IPAM facts
+    device to C(address): null
+    C(prefix): null
+    C(pool): null
+    C(gateway).: null
+    type: dict
+    default: {}
+  mtu:
+    description: Ethernet MTU of the rail netdevs.
+    type: int
+    default: 9000
+  rdma_mtu:
+    description: RDMA MTU the rails must carry.
+    type: int
+    default: 4096
+  mode:
+    description: Default RoCE mode of rdma_cm.
+    type: str
+    default: RoCE v2
+  tos:
+    description: Default ToS of rdma_cm.
+    type: int
+    default: 106
+  qos:
+    description: Lossless QoS (C(tool)
+    C(trust): null
+    C(pfc_priorities): null
+    C(dscp): null
+    C(ecn): null
+    C(cnp_dscp): null
+    C(cnp_priority)).: null
+    type: dict
+    default: {}
+  source_routing:
+    description: Per-port source routing (C(auto) where rails share a subnet).
+    type: str
+    choices:
+    - auto
+    - always
+    - never
+    default: auto
+  table_base:
+    description: Routing table of the first rail; the next rails count up.
+    type: int
+    default: 100
+  rule_priority_base:
+    description: Priority of the first rail's source rule; the next rails count up.
+    type: int
+    default: 1000
+  hccn_netdetect:
+    description: Netdetect address of the NPU ports; empty takes the pool gateway.
+    type: str
+    default: ''
+  backend:
+    description: Network backend for the rail addresses.
+    type: str
+    choices:
+    - auto
+    - networkmanager
+    - netplan
+    default: auto
+  plan:
+    description: For C(state=apply)
+    the plan that C(state=plan) returned.: null
+    type: dict
+author:
+- hpc-datapath contributors
+"""
+
+EXAMPLES = r"""
+- name: Plan the rails
+  roce_fabric:
+    rails: [{device: mlx5_0, netdev: ens108np0, pool: a800-rail0}]
+    addresses: "{{ roce_ipam_addresses }}"
+    qos: {tool: auto, trust: dscp, pfc_priorities: [3], dscp: 26, ecn: true, cnp_dscp: 48, cnp_priority: 6}
+  register: roce_plan
+
+- name: Apply it
+  roce_fabric:
+    state: apply
+    plan: "{{ roce_plan.plan }}"
+"""
+
+RETURN = r"""
+problems:
+  description: What stops the plan on this node; empty when it can be applied.
+  returned: state=plan
+  type: list
+plan:
+  description: Rails with address
+  netmask: null
+  network: null
+  table; mode: null
+  ToS: null
+  resolved QoS.: null
+  returned: state=plan
+  type: dict
+backend:
+  description: The network backend for the rail addresses.
+  returned: state=plan
+  type: str
+stale_addresses:
+  description: IPv4 addresses on rail netdevs that the plan does not name
+  per netdev.: null
+  returned: state=plan
+  type: dict
+nm_installed:
+  description: Whether NetworkManager is installed.
+  returned: state=plan
+  type: bool
+nm_running:
+  description: Whether NetworkManager runs.
+  returned: state=plan
+  type: bool
+changes:
+  description: Settings changed (or due
+  in check mode): null
+  with the command or file each took.: null
+  returned: state=apply
+  type: list
+status:
+  description: Per rail port state
+  GIDs: null
+  RoCE v2 GID of the address: null
+  MTU: null
+  rdma_cm defaults: null
+  QoS.: null
+  returned: state=apply
+  type: dict
+"""
+
+import json
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.hpc_datapath.netbackend import detect
+from ansible.module_utils.hpc_datapath.roce import (
+    ApplyError,
+    Runner,
+    apply_plan,
+    check_settings,
+    plan_rails,
+    rail_status,
+)
+
+QOS_DEFAULTS = {
+    "tool": "auto",
+    "trust": "dscp",
+    "pfc_priorities": [3],
+    "dscp": 26,
+    "ecn": True,
+    "cnp_dscp": 48,
+    "cnp_priority": 6,
+}
+
+
+def default_route_netdevs(module):
+    netdevs = set()
+    for family in ("-4", "-6"):
+        rc, out, _err = module.run_command(["ip", "-j", family, "route", "show", "default"])
+        if rc == 0:
+            netdevs.update(route.get("dev") for route in json.loads(out or "[]"))
+    return netdevs
+
+
+def resolve_qos_tool(module, wanted, netdevs):
+    """The QoS tool for these netdevs, or (None, problem)."""
+    if wanted in ("none", "dcb") or not netdevs:
+        return wanted, None
+    has_mlnx_qos = bool(module.get_bin_path("mlnx_qos"))
+    if wanted == "mlnx_qos":
+        return (
+            ("mlnx_qos", None)
+            if has_mlnx_qos
+            else (None, "roce_qos_tool: mlnx_qos is asked for, but it is not installed")
+        )
+    drivers = {os.path.basename(os.path.realpath(f"/sys/class/net/{n}/device/driver")) for n in netdevs}
+    if has_mlnx_qos and drivers == {"mlx5_core"}:
+        return "mlnx_qos", None
+    if all(module.run_command(["dcb", "pfc", "show", "dev", n])[0] == 0 for n in netdevs):
+        return "dcb", None
+    return None, (
+        f"roce_qos_tool: auto finds neither mlnx_qos for mlx5 ports nor DCB support on {', '.join(sorted(netdevs))} "
+        f"(drivers {', '.join(sorted(drivers))}); set roce_qos_tool: none to run these rails without lossless QoS"
+    )
+
+
+def plan(module):
+    params = module.params
+    qos = dict(QOS_DEFAULTS, **(params["qos"] or {}))
+    settings = {
+        "mtu": params["mtu"],
+        "rdma_mtu": params["rdma_mtu"],
+        "mode": params["mode"],
+        "tos": params["tos"],
+        "qos": qos,
+    }
+    problems = check_settings(settings)
+    rails, rail_problems = plan_rails(
+        params["rails"],
+        params["addresses"],
+        netdevs=set(os.listdir("/sys/class/net")),
+        default_route_netdevs=default_route_netdevs(module),
+        source_routing=params["source_routing"],
+        table_base=params["table_base"],
+        rule_priority_base=params["rule_priority_base"],
+    )
+    problems += rail_problems
+    netdevs = {rail["netdev"] for rail in rails if rail["netdev"]}
+    qos["tool"], qos_problem = resolve_qos_tool(module, qos["tool"], netdevs)
+    if qos_problem:
+        problems.append(qos_problem)
+    if any(rail["npu"] is not None for rail in rails) and not module.get_bin_path("hccn_tool"):
+        problems.append("roce_rails: Ascend NPU ports are listed, but hccn_tool is not installed (Ascend driver)")
+    backend, backend_problem, nm_installed, nm_running = detect(module, "roce_backend", params["backend"])
+    if backend_problem and netdevs:
+        problems.append(backend_problem)
+    stale = {}
+    for rail in rails:
+        if rail["netdev"] in netdevs and rail["netdev"]:
+            rc, out, _err = module.run_command(["ip", "-j", "-4", "address", "show", "dev", rail["netdev"]])
+            infos = [
+                info for entry in (json.loads(out or "[]") if rc == 0 else []) for info in entry.get("addr_info", [])
+            ]
+            stale[rail["netdev"]] = [
+                f"{i['local']}/{i['prefixlen']}" for i in infos if i.get("local") != rail["address"]
+            ]
+    module.exit_json(
+        changed=False,
+        problems=problems,
+        stale_addresses={netdev: found for netdev, found in stale.items() if found},
+        backend=backend,
+        nm_installed=nm_installed,
+        nm_running=nm_running,
+        plan={
+            "rails": rails,
+            "mtu": params["mtu"],
+            "mode": params["mode"],
+            "tos": params["tos"],
+            "qos": qos,
+            "hccn_netdetect": params["hccn_netdetect"] or None,
+        },
+    )
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "state": {"type": "str", "choices": ["plan", "apply"], "default": "plan"},
+            "rails": {"type": "list", "elements": "dict", "default": []},
+            "addresses": {"type": "dict", "default": {}},
+            "mtu": {"type": "int", "default": 9000},
+            "rdma_mtu": {"type": "int", "default": 4096},
+            "mode": {"type": "str", "default": "RoCE v2"},
+            "tos": {"type": "int", "default": 106},
+            "qos": {"type": "dict", "default": {}},
+            "source_routing": {"type": "str", "choices": ["auto", "always", "never"], "default": "auto"},
+            "table_base": {"type": "int", "default": 100},
+            "rule_priority_base": {"type": "int", "default": 1000},
+            "hccn_netdetect": {"type": "str", "default": ""},
+            "backend": {"type": "str", "choices": ["auto", "networkmanager", "netplan"], "default": "auto"},
+            "plan": {"type": "dict"},
+        },
+        required_if=[("state", "apply", ["plan"])],
+        supports_check_mode=True,
+    )
+    if module.params["state"] == "plan":
+        plan(module)
+    runner = Runner(module.run_command, check_mode=module.check_mode)
+    try:
+        changes = apply_plan(module.params["plan"], runner)
+        status = rail_status(module.params["plan"], runner)
+    except ApplyError as error:
+        module.fail_json(msg=str(error), changes=runner.changes)
+    module.exit_json(changed=bool(changes), changes=changes, status=status)
+
+
+if __name__ == "__main__":
+    main()
