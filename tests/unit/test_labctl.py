@@ -27,7 +27,7 @@ def netdevs(cmd):
 
 def test_links_are_wired_back_to_back(image, tmp_path):
     one, two = netdevs(command(1, image, tmp_path)), netdevs(command(2, image, tmp_path))
-    assert set(one) == set(two) == {"data0", "data1", "sriov"}
+    assert set(one) == set(two) == {"data0", "data1", "sriov", "rail0", "rail1"}
     for name, (local, remote) in one.items():
         assert two[name] == (remote, local)
     ports = [port for pair in one.values() for port in pair]
@@ -37,7 +37,7 @@ def test_links_are_wired_back_to_back(image, tmp_path):
 def test_each_node_has_its_own_identity(image, tmp_path):
     cmds = [" ".join(command(i, image, tmp_path)) for i in (1, 2)]
     macs = [set(re.findall(r"mac=([0-9a-f:]+)", c)) for c in cmds]
-    assert len(macs[0]) == 4
+    assert len(macs[0]) == 6  # mgmt, data0, data1, igb, rail0, rail1
     assert not macs[0] & macs[1]
     serials = [re.findall(r"serial=(\w+)", c) for c in cmds]
     assert serials == [["LABN1NVME0", "LABN1NVME1"], ["LABN2NVME0", "LABN2NVME1"]]
