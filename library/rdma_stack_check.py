@@ -83,6 +83,10 @@ available:
   description: Versions of the meta package in the configured repositories.
   returned: always
   type: list
+install_args:
+  description: What to hand apt; for vendor stacks the pinned meta package with the exact versions it depends on.
+  returned: always
+  type: list
 install_set:
   description: Packages and versions the pinned install would put on the node.
   returned: always
@@ -104,6 +108,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.hpc_datapath.rdma import (
     dkms_problem,
+    exact_dependencies,
     kernel_problem,
     parse_apt_simulation,
     parse_madison,
@@ -146,7 +151,7 @@ def main():
     ofed_info = module.get_bin_path("ofed_info")
     ofed_version = parse_ofed_info(module.run_command([ofed_info, "-s"])[1]) if ofed_info else None
     installed = installed_versions(module, packages)
-    available, install_set = [], {}
+    available, install_set, install_args = [], {}, list(packages)
 
     problem = kernel_problem(kernel, params["supported_kernels"])
     if problem:
@@ -174,8 +179,11 @@ def main():
                 f"rdma_stack_version: {meta} {version} is not in the configured repository "
                 f"(it offers: {', '.join(available) or 'nothing'})"
             )
-        elif needs_install:
-            wanted = [f"{meta}={version}", *packages[1:]]
+        else:
+            control = module.run_command(["apt-cache", "show", f"{meta}={version}"])[1]
+            install_args = [f"{meta}={version}", *exact_dependencies(control.split("\n\n")[0]), *packages[1:]]
+        if needs_install and not problems:
+            wanted = install_args
             rc, out, err = module.run_command(["apt-get", "-s", "-q", "install", "--no-install-recommends", *wanted])
             if rc != 0:
                 errors = [line for line in (out + err).splitlines() if line.startswith(("E:", " "))]
@@ -201,6 +209,7 @@ def main():
         installed=installed,
         available=available,
         install_set=install_set,
+        install_args=install_args,
         needs_install=needs_install,
         pinned_modules=pinned,
     )

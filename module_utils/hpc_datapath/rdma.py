@@ -36,6 +36,21 @@ def parse_madison(text):
     return [fields[1].strip() for fields in (line.split("|") for line in text.splitlines()) if len(fields) >= 3]
 
 
+def exact_dependencies(control):
+    """`name=version` for each `Depends: name (= version)` of a package's control text.
+
+    apt resolves a dependency to the newest candidate and then fails on an exact version from an
+    older release: a meta package pinned to an older release must bring its exact versions along.
+    """
+    found = re.search(r"^Depends:(.*)$", control, re.MULTILINE)
+    if not found:
+        return []
+    return [
+        f"{match.group(1)}={match.group(2)}"
+        for match in re.finditer(r"(?:^|,)\s*([\w.+-]+)(?::\w+)?\s*\(=\s*([^)\s]+)\)", found.group(1))
+    ]
+
+
 def dkms_problem(install_set, kernel, installed_headers):
     """Why DKMS could not build for the running kernel, or None."""
     dkms = sorted(name for name in install_set if name.endswith("-dkms"))

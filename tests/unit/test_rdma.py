@@ -28,6 +28,19 @@ def test_madison_versions():
     assert rdma.parse_madison(text) == ["24.10-1.1.4.0", "24.07-0.6.1.0"]
 
 
+def test_exact_dependencies_of_a_meta_package():
+    control = (
+        "Package: doca-ofed\nVersion: 24.07-0.6.1.0\n"
+        "Depends: mlnx-ofed-kernel-utils (= 24.07.OFED.24.07.0.6.1.1-1), mlnx-tools, rdma-core:amd64 (= 2407mlnx52-1)"
+        ", ibverbs-utils (>= 2407)\n"
+    )
+    assert rdma.exact_dependencies(control) == [
+        "mlnx-ofed-kernel-utils=24.07.OFED.24.07.0.6.1.1-1",
+        "rdma-core=2407mlnx52-1",
+    ]
+    assert rdma.exact_dependencies("Package: x\n") == []
+
+
 def test_dkms_needs_the_running_kernels_headers():
     install = {"mlnx-ofed-kernel-dkms": "24.10", "dkms": "3.0"}
     assert "linux-headers-6.1.0-28-amd64 is neither installed nor pulled in" in rdma.dkms_problem(
