@@ -3,7 +3,7 @@
 """The RDMA stack of a node: installed OFED, what an install would do, which modules must stay.
 
 Pure readers and parsers with an injectable sysfs root, so that unit tests run against a fake
-tree. Standard library only, Python 3.8 or newer: it runs on the targets.
+tree. Standard library and sysfs.py only, Python 3.8 or newer: it runs on the targets.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import re
 
-SYS = "/sys"
+from ansible.module_utils.hpc_datapath.sysfs import SYS, listdir, read
+
 # The modules at the bottom of an RDMA stack: everything that holds them goes when they reload.
 STACK_ROOTS = ("ib_core", "mlx5_core", "mlx4_core")
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "ceph", "lustre", "beegfs", "gpfs", "glusterfs", "fuse.juicefs"}
@@ -69,21 +70,6 @@ def kernel_problem(kernel, supported):
     return None
 
 
-def _listdir(path):
-    try:
-        return sorted(os.listdir(path))
-    except OSError:
-        return []
-
-
-def _read(path):
-    try:
-        with open(path) as handle:
-            return handle.read().strip()
-    except OSError:
-        return None
-
-
 def _module_of(path):
     """The kernel module behind a sysfs device or driver directory's `driver/module` link, or None."""
     target = os.path.join(path, "driver", "module")
@@ -97,7 +83,7 @@ def stack_modules(sys_root=SYS, roots=STACK_ROOTS):
         name = todo.pop()
         if name not in found:
             found.add(name)
-            todo += _listdir(f"{sys_root}/module/{name}/holders")
+            todo += listdir(f"{sys_root}/module/{name}/holders")
     return found
 
 
@@ -109,7 +95,7 @@ def block_modules(major_minor, sys_root=SYS):
         if block in seen:
             continue
         seen.add(block)
-        todo += [os.path.join(block, "slaves", member) for member in _listdir(os.path.join(block, "slaves"))]
+        todo += [os.path.join(block, "slaves", member) for member in listdir(os.path.join(block, "slaves"))]
         parent = os.path.dirname(block)
         if os.path.isdir(os.path.join(parent, "slaves")):  # a partition: its disk's members too
             todo.append(parent)
@@ -118,7 +104,7 @@ def block_modules(major_minor, sys_root=SYS):
             module = _module_of(path)
             if module:
                 modules.add(module)
-            transport = _read(os.path.join(path, "transport"))  # an NVMe-oF controller
+            transport = read(os.path.join(path, "transport"))  # an NVMe-oF controller
             if transport in ("rdma", "tcp", "fc"):
                 modules.add(f"nvme_{transport}")
             path = os.path.dirname(path)
