@@ -125,9 +125,12 @@ def test_bond_members_negotiate_lacp_with_the_other_node():
                 f"ip link set {first} down && ip link set {first} master labbond && "
                 f"ip link set {second} down && ip link set {second} master labbond && ip link set labbond up",
             )
-        peer_mac = hosts[1].check_output("cat /sys/class/net/labbond/address")
         expected = None
         for _ in range(60):  # fast LACP settles in seconds; TCG can be slow
+            # The system MAC node2 advertises in its LACPDUs. Not the bond's current address: udev
+            # may give a new bond its own MAC after the members joined, which LACP keeps ignoring.
+            peer_text = hosts[1].check_output("cat /proc/net/bonding/labbond")
+            peer_mac = re.search(r"System MAC address: (\S+)", peer_text).group(1)
             active, partner, member_aggregators = lacp_state(hosts[0], "labbond")
             expected = (active, peer_mac, [active, active])
             if (active, partner, member_aggregators) == expected:
