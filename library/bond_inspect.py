@@ -24,12 +24,12 @@ options:
     elements: raw
     required: true
   mtu: {description: MTU of the bond and its members., type: int, required: true}
-  lacp_rate: {description: LACP rate, only for mode 802.3ad., type: str}
+  lacp_rate: {description: "LACP rate, only for mode 802.3ad.", type: str}
   xmit_hash_policy: {description: Transmit hash policy., type: str}
   miimon: {description: MII link monitoring interval in ms., type: int, default: 100}
   addresses: {description: Addresses with prefix length., type: list, elements: str, default: []}
-  routes: {description: Routes (C(to), C(via), C(metric))., type: list, elements: dict, default: []}
-  vlans: {description: VLANs (C(id), C(addresses), C(routes), C(mtu))., type: list, elements: dict, default: []}
+  routes: {description: "Routes (C(to), C(via), C(metric)).", type: list, elements: dict, default: []}
+  vlans: {description: "VLANs (C(id), C(addresses), C(routes), C(mtu)).", type: list, elements: dict, default: []}
   check_targets: {description: Addresses the node must reach after a change., type: list, elements: str, default: []}
   backend:
     description: C(auto) picks NetworkManager when it runs, netplan when it is installed.
@@ -101,28 +101,12 @@ drift:
 """
 
 import ipaddress
-import json
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.hpc_datapath.bonding import bond_status, check_config
+from ansible.module_utils.hpc_datapath.iproute import addresses_of, ip_json
 from ansible.module_utils.hpc_datapath.netbackend import detect
 from ansible.module_utils.hpc_datapath.sysfs import nics
-
-
-def ip_json(module, args):
-    ip = module.get_bin_path("ip", required=True)
-    rc, out, _err = module.run_command([ip, "-j", *args])
-    return json.loads(out or "[]") if rc == 0 else None
-
-
-def addresses_of(module, device):
-    links = ip_json(module, ["addr", "show", "dev", device]) or []
-    return sorted(
-        f"{info['local']}/{info['prefixlen']}"
-        for link in links
-        for info in link.get("addr_info", [])
-        if info.get("scope") == "global"
-    )
 
 
 def routes_of(module, device):

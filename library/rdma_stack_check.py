@@ -8,39 +8,35 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: rdma_stack_check
-short_description: Check that an RDMA stack (inbox, MLNX_OFED, DOCA-OFED) can go on this node, and
-  report what is there
+short_description: Check that an RDMA stack can go on this node, and report what is there
 description:
-- Changes nothing, so it runs the same in check mode. Debian family (apt).
-- Reports the running kernel, the OFED version C(ofed_info -s) prints, the installed version of each
-  package, and, for C(mofed)/C(doca), the versions the configured repository offers and what installing
-  the pinned version would pull in (C(apt-get -s)).
-- Returns the problems found as sentences that start with the role variable they are about, for OFED
-  present under C(inbox), pinned version missing from the repository, kernel not in the supported
-  list, an install apt cannot resolve, DKMS without kernel headers.
-- Reports the stack's kernel modules that a mounted file system or the management path needs, which
-  must never be reloaded at run time.
+  - Changes nothing, so it runs the same in check mode. Debian family (apt).
+  - Reports the running kernel, the OFED version that C(ofed_info -s) prints, the installed version
+    of each package and, for C(mofed) and C(doca), the versions the configured repository offers
+    and what installing the pinned version would pull in (C(apt-get -s)).
+  - Returns the problems found as sentences that start with the role variable they are about
+    (OFED present under C(inbox), pinned version missing from the repository, kernel not in the
+    supported list, an install apt cannot resolve, DKMS without kernel headers). It does not fail
+    on them.
+  - Reports the stack's kernel modules that a mounted file system or the management path needs,
+    which must never be reloaded at run time.
 options:
   provider:
-    description: C(inbox)
-    C(mofed) or C(doca).: null
+    description: C(inbox), C(mofed) or C(doca).
     type: str
     required: true
-    choices:
-    - inbox
-    - mofed
-    - doca
+    choices: [inbox, mofed, doca]
   packages:
-    description: Packages to install; for C(mofed)/C(doca) the first is the pinned meta package.
+    description: Packages to install; for C(mofed) and C(doca) the first is the pinned meta package.
     type: list
     elements: str
     required: true
   version:
-    description: Pinned version of the meta package (C(mofed)/C(doca)).
+    description: Pinned version of the meta package (C(mofed), C(doca)).
     type: str
-    default: ''
+    default: ""
   nvidia_peermem:
-    description: Whether nvidia-peermem will be loaded; it must be installed.
+    description: Whether nvidia-peermem will be loaded; it must then be installed.
     type: bool
     default: false
   supported_kernels:
@@ -49,7 +45,7 @@ options:
     elements: str
     default: []
 author:
-- hpc-datapath contributors
+  - hpc-datapath contributors
 """
 
 EXAMPLES = r"""
@@ -71,12 +67,11 @@ kernel:
   returned: always
   type: str
 ofed_version:
-  description: What C(ofed_info -s) reports
-  or null without OFED.: null
+  description: What C(ofed_info -s) reports, or null without OFED.
   returned: always
   type: str
 installed:
-  description: Installed version of each package (null where absent).
+  description: Installed version of each package, null where absent.
   returned: always
   type: dict
 available:
@@ -84,7 +79,9 @@ available:
   returned: always
   type: list
 install_args:
-  description: What to hand apt; for vendor stacks the pinned meta package with the exact versions it depends on.
+  description: >-
+    What to hand apt; for vendor stacks the meta package at its version, with the exact versions
+    it depends on.
   returned: always
   type: list
 install_set:
@@ -96,16 +93,15 @@ needs_install:
   returned: always
   type: bool
 pinned_modules:
-  description: Stack modules a mounted file system or the management path needs
-  with why.: null
+  description: Stack modules that a mounted file system or the management path needs, each with why.
   returned: always
   type: dict
 """
 
-import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.hpc_datapath.iproute import default_route_netdevs, route_netdev
 from ansible.module_utils.hpc_datapath.rdma import (
     dkms_problem,
     exact_dependencies,
@@ -126,11 +122,6 @@ def installed_versions(module, packages):
         status, _sep, version = out.partition(" ")
         versions[name] = version if rc == 0 and status == "installed" else None
     return versions
-
-
-def route_netdev(module, address):
-    rc, out, _err = module.run_command(["ip", "-j", "route", "get", address])
-    return json.loads(out)[0].get("dev") if rc == 0 and out.strip().startswith("[") else None
 
 
 def main():
@@ -196,10 +187,11 @@ def main():
 
     with open("/proc/self/mountinfo") as handle:
         mounts = parse_mountinfo(handle.read())
-    rc, out, _err = module.run_command(["ip", "-j", "route", "show", "default"])
-    mgmt = {route.get("dev") for route in json.loads(out or "[]")} if rc == 0 else set()
     pinned = pinned_modules(
-        mounts, stack_modules(), server_netdev=lambda host: route_netdev(module, host), mgmt_netdevs=sorted(mgmt)
+        mounts,
+        stack_modules(),
+        server_netdev=lambda host: route_netdev(module, host),
+        mgmt_netdevs=sorted(default_route_netdevs(module)),
     )
     module.exit_json(
         changed=False,

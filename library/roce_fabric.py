@@ -10,36 +10,28 @@ DOCUMENTATION = r"""
 module: roce_fabric
 short_description: Plan the RoCE rails of a node, apply their runtime settings, report their state
 description:
-- C(state=plan) changes nothing. It checks the rails of the hardware profile against the IPAM addresses
-  and the node, resolves C(qos.tool=auto) and the network backend, and returns the plan (per rail
-  address, netmask, network, routing table) and the problems found, as sentences that start with
-  the role variable they are about. It does not fail on them.
-- C(state=apply) brings Soft-RoCE devices, the rdma_cm defaults (RoCE mode, ToS), lossless QoS (C(mlnx_qos)
-  or C(dcb), mlx5 ECN sysfs) and Ascend NPU ports (C(hccn_tool)) to the plan, reading every value
-  first and changing only what differs. Supports check mode. Returns the state of every rail.
-- The same code (module_utils C(hpc_datapath.roce)) runs at boot as C(hpc-roce.service).
+  - C(state=plan) changes nothing. It checks the rails of the hardware profile against the IPAM
+    addresses and the node, resolves C(qos.tool=auto) and the network backend, and returns the plan
+    (per rail address, netmask, network, routing table) and the problems found, as sentences that
+    start with the role variable they are about. It does not fail on them.
+  - C(state=apply) brings Soft-RoCE devices, the rdma_cm defaults (RoCE mode, ToS), lossless QoS
+    (C(mlnx_qos) or C(dcb), mlx5 ECN sysfs) and Ascend NPU ports (C(hccn_tool)) to the plan, reading
+    every value first and changing only what differs. Supports check mode. Returns the state of
+    every rail.
+  - The same code (module_utils C(hpc_datapath.roce)) runs at boot as C(hpc-roce.service).
 options:
   state:
     description: What to do.
     type: str
-    choices:
-    - plan
-    - apply
+    choices: [plan, apply]
     default: plan
   rails:
-    description: The hardware profile's rails (C(device)
-    C(netdev): null
-    C(pool): null
-    C(soft_roce)).: null
+    description: The hardware profile's rails, each C(device), C(netdev), C(pool), optional C(soft_roce).
     type: list
     elements: dict
     default: []
   addresses:
-    description: The IPAM facts
-    device to C(address): null
-    C(prefix): null
-    C(pool): null
-    C(gateway).: null
+    description: The IPAM facts, device to C(address), C(prefix), C(pool), C(gateway).
     type: dict
     default: {}
   mtu:
@@ -59,22 +51,15 @@ options:
     type: int
     default: 106
   qos:
-    description: Lossless QoS (C(tool)
-    C(trust): null
-    C(pfc_priorities): null
-    C(dscp): null
-    C(ecn): null
-    C(cnp_dscp): null
-    C(cnp_priority)).: null
+    description: >-
+      Lossless QoS, keys C(tool), C(trust), C(pfc_priorities), C(dscp), C(ecn), C(cnp_dscp),
+      C(cnp_priority); missing keys take the defaults of the roce role.
     type: dict
     default: {}
   source_routing:
-    description: Per-port source routing (C(auto) where rails share a subnet).
+    description: Per-port source routing; C(auto) where rails share a subnet.
     type: str
-    choices:
-    - auto
-    - always
-    - never
+    choices: [auto, always, never]
     default: auto
   table_base:
     description: Routing table of the first rail; the next rails count up.
@@ -87,21 +72,17 @@ options:
   hccn_netdetect:
     description: Netdetect address of the NPU ports; empty takes the pool gateway.
     type: str
-    default: ''
+    default: ""
   backend:
     description: Network backend for the rail addresses.
     type: str
-    choices:
-    - auto
-    - networkmanager
-    - netplan
+    choices: [auto, networkmanager, netplan]
     default: auto
   plan:
-    description: For C(state=apply)
-    the plan that C(state=plan) returned.: null
+    description: For C(state=apply), the plan that C(state=plan) returned.
     type: dict
 author:
-- hpc-datapath contributors
+  - hpc-datapath contributors
 """
 
 EXAMPLES = r"""
@@ -124,12 +105,7 @@ problems:
   returned: state=plan
   type: list
 plan:
-  description: Rails with address
-  netmask: null
-  network: null
-  table; mode: null
-  ToS: null
-  resolved QoS.: null
+  description: Rails with address, netmask, network and table; mode, ToS and the resolved QoS.
   returned: state=plan
   type: dict
 backend:
@@ -137,8 +113,7 @@ backend:
   returned: state=plan
   type: str
 stale_addresses:
-  description: IPv4 addresses on rail netdevs that the plan does not name
-  per netdev.: null
+  description: Per netdev, the IPv4 addresses on a rail that the plan does not name.
   returned: state=plan
   type: dict
 nm_installed:
@@ -150,26 +125,19 @@ nm_running:
   returned: state=plan
   type: bool
 changes:
-  description: Settings changed (or due
-  in check mode): null
-  with the command or file each took.: null
+  description: Settings changed (in check mode, due), each with the command or file it took.
   returned: state=apply
   type: list
 status:
-  description: Per rail port state
-  GIDs: null
-  RoCE v2 GID of the address: null
-  MTU: null
-  rdma_cm defaults: null
-  QoS.: null
+  description: Per rail port state, GIDs, the RoCE v2 GID of the address, MTU, rdma_cm defaults, QoS.
   returned: state=apply
   type: dict
 """
 
-import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.hpc_datapath.iproute import addresses_of, default_route_netdevs
 from ansible.module_utils.hpc_datapath.netbackend import detect
 from ansible.module_utils.hpc_datapath.roce import (
     ApplyError,
@@ -179,6 +147,7 @@ from ansible.module_utils.hpc_datapath.roce import (
     plan_rails,
     rail_status,
 )
+from ansible.module_utils.hpc_datapath.sysfs import link_name
 
 QOS_DEFAULTS = {
     "tool": "auto",
@@ -189,15 +158,6 @@ QOS_DEFAULTS = {
     "cnp_dscp": 48,
     "cnp_priority": 6,
 }
-
-
-def default_route_netdevs(module):
-    netdevs = set()
-    for family in ("-4", "-6"):
-        rc, out, _err = module.run_command(["ip", "-j", family, "route", "show", "default"])
-        if rc == 0:
-            netdevs.update(route.get("dev") for route in json.loads(out or "[]"))
-    return netdevs
 
 
 def resolve_qos_tool(module, wanted, netdevs):
@@ -211,7 +171,7 @@ def resolve_qos_tool(module, wanted, netdevs):
             if has_mlnx_qos
             else (None, "roce_qos_tool: mlnx_qos is asked for, but it is not installed")
         )
-    drivers = {os.path.basename(os.path.realpath(f"/sys/class/net/{n}/device/driver")) for n in netdevs}
+    drivers = {link_name(f"/sys/class/net/{n}/device/driver") or "none" for n in netdevs}
     if has_mlnx_qos and drivers == {"mlx5_core"}:
         return "mlnx_qos", None
     if all(module.run_command(["dcb", "pfc", "show", "dev", n])[0] == 0 for n in netdevs):
@@ -254,18 +214,14 @@ def plan(module):
         problems.append(backend_problem)
     stale = {}
     for rail in rails:
-        if rail["netdev"] in netdevs and rail["netdev"]:
-            rc, out, _err = module.run_command(["ip", "-j", "-4", "address", "show", "dev", rail["netdev"]])
-            infos = [
-                info for entry in (json.loads(out or "[]") if rc == 0 else []) for info in entry.get("addr_info", [])
-            ]
-            stale[rail["netdev"]] = [
-                f"{i['local']}/{i['prefixlen']}" for i in infos if i.get("local") != rail["address"]
-            ]
+        if rail["netdev"]:
+            found = [a for a in addresses_of(module, rail["netdev"], ("-4",)) if a.split("/")[0] != rail["address"]]
+            if found:
+                stale[rail["netdev"]] = found
     module.exit_json(
         changed=False,
         problems=problems,
-        stale_addresses={netdev: found for netdev, found in stale.items() if found},
+        stale_addresses=stale,
         backend=backend,
         nm_installed=nm_installed,
         nm_running=nm_running,

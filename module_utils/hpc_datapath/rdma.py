@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 
-from ansible.module_utils.hpc_datapath.sysfs import SYS, listdir, read
+from ansible.module_utils.hpc_datapath.sysfs import SYS, link_name, listdir, read
 
 # The modules at the bottom of an RDMA stack: everything that holds them goes when they reload.
 STACK_ROOTS = ("ib_core", "mlx5_core", "mlx4_core")
@@ -72,8 +72,7 @@ def kernel_problem(kernel, supported):
 
 def _module_of(path):
     """The kernel module behind a sysfs device or driver directory's `driver/module` link, or None."""
-    target = os.path.join(path, "driver", "module")
-    return os.path.basename(os.path.realpath(target)) if os.path.islink(target) else None
+    return link_name(os.path.join(path, "driver", "module"))
 
 
 def stack_modules(sys_root=SYS, roots=STACK_ROOTS):
