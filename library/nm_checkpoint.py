@@ -21,7 +21,7 @@ description:
 options:
   state: {description: What to do., type: str, choices: [present, absent, query], required: true}
   rollback_timeout: {description: Seconds until NetworkManager rolls back (present)., type: int, default: 90}
-  path: {description: D-Bus path of the checkpoint (absent, query)., type: str}
+  path: {description: "D-Bus path of the checkpoint (absent, query).", type: str}
 author:
   - hpc-datapath contributors
 """
