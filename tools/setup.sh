@@ -28,7 +28,8 @@ if [ ${#missing[@]} -gt 0 ] || ! qemu_ok; then
   codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
   if [ "$codename" = bookworm ] && ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
     echo "setup: enabling bookworm-backports for QEMU >= 8.0"
-    echo "deb http://deb.debian.org/debian bookworm-backports main" |
+    mirror=$("$top/lab/debian-mirror.py" | head -n 1)  # the machine's own Debian mirror
+    echo "deb $mirror bookworm-backports main" |
       as_root tee /etc/apt/sources.list.d/hpc-datapath-backports.list >/dev/null
   fi
   echo "setup: apt-get install ${missing[*]} qemu-system-x86"
