@@ -1,0 +1,130 @@
+"""Confirm a network change from the node, while it is still in place, or say that it rolled back."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: network_confirm
+short_description: Confirm a network change once the node reaches its check targets, in one step on the node
+description:
+  - Pings every check target from the node, once a second, for at most C(timeout) seconds. Before
+    and after each round it looks whether the change is still armed; once the rollback timer has
+    fired it stops, and answers of that round do not count, so that a target that answers only
+    because the node rolled back never confirms anything.
+  - When all targets answered, it confirms at once, in the same step, by disarming the rollback
+    timer - destroying the NetworkManager checkpoint or renaming away the deadline file of the
+    netplan rollback timer. If the timer fired first, the change is reported as rolled back.
+  - It never fails on an unconfirmed change: the caller judges, from C(confirmed), C(rolled_back)
+    and C(unreachable), and waits for the node's own rollback.
+options:
+  backend: {description: Which rollback timer the change runs under., type: str, required: true,
+    choices: [networkmanager, netplan]}
+  checkpoint: {description: "D-Bus path of the NetworkManager checkpoint (networkmanager).", type: str}
+  rollback_dir: {description: "Directory of the netplan rollback timer, holding its deadline file (netplan).",
+    type: path}
+  targets: {description: Addresses that must answer a ping from the node., type: list, elements: str, required: true}
+  timeout: {description: Seconds to wait for the targets., type: int, default: 20}
+author:
+  - hpc-datapath contributors
+"""
+
+EXAMPLES = r"""
+- name: Confirm the bond change once the other node answers
+  network_confirm:
+    backend: networkmanager
+    checkpoint: "{{ applied.path }}"
+    targets: [10.10.0.2]
+    timeout: 20
+  register: confirmed
+"""
+
+RETURN = r"""
+confirmed: {description: The targets answered and the rollback timer is disarmed., returned: always, type: bool}
+rolled_back: {description: The rollback timer fired before the change could be confirmed., returned: always,
+  type: bool}
+unreachable: {description: Targets that had not answered when the wait ended., returned: always, type: list,
+  elements: str}
+"""
+
+import os
+import re
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+SERVICE = "org.freedesktop.NetworkManager"
+OBJECT = "/org/freedesktop/NetworkManager"
+
+
+class NetworkManagerTimer:
+    def __init__(self, module, checkpoint):
+        self.module, self.checkpoint = module, checkpoint
+        self.busctl = module.get_bin_path("busctl", required=True)
+
+    def armed(self):
+        rc, out, err = self.module.run_command([self.busctl, "get-property", SERVICE, OBJECT, SERVICE, "Checkpoints"])
+        if rc != 0:
+            self.module.fail_json(msg=f"cannot read NetworkManager's checkpoints: {err.strip()}")
+        return self.checkpoint in re.findall(r'"([^"]+)"', out)
+
+    def disarm(self):
+        rc, _out, _err = self.module.run_command(
+            [self.busctl, "call", SERVICE, OBJECT, SERVICE, "CheckpointDestroy", "o", self.checkpoint]
+        )
+        return rc == 0
+
+
+class NetplanTimer:
+    """hpc-netplan-rollback: whoever renames the deadline file first, confirmation or rollback, wins."""
+
+    def __init__(self, directory):
+        self.deadline = os.path.join(directory, "deadline")
+        self.confirmed = os.path.join(directory, "confirmed")
+
+    def armed(self):
+        return os.path.exists(self.deadline)
+
+    def disarm(self):
+        try:
+            os.rename(self.deadline, self.confirmed)
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "backend": {"type": "str", "required": True, "choices": ["networkmanager", "netplan"]},
+            "checkpoint": {"type": "str"},
+            "rollback_dir": {"type": "path"},
+            "targets": {"type": "list", "elements": "str", "required": True},
+            "timeout": {"type": "int", "default": 20},
+        },
+        required_if=[("backend", "networkmanager", ["checkpoint"]), ("backend", "netplan", ["rollback_dir"])],
+    )
+    params = module.params
+    timer = (
+        NetworkManagerTimer(module, params["checkpoint"])
+        if params["backend"] == "networkmanager"
+        else NetplanTimer(params["rollback_dir"])
+    )
+    ping = module.get_bin_path("ping", required=True)
+    pending = list(params["targets"])
+    give_up = time.monotonic() + params["timeout"]
+    while timer.armed():
+        silent = [target for target in pending if module.run_command([ping, "-c", "1", "-W", "1", target])[0] != 0]
+        if not timer.armed():
+            break  # an answer in this round may come from the rolled-back network: it does not count
+        pending = silent
+        if not pending:
+            confirmed = timer.disarm()
+            module.exit_json(changed=confirmed, confirmed=confirmed, rolled_back=not confirmed, unreachable=[])
+        if time.monotonic() >= give_up:
+            module.exit_json(changed=False, confirmed=False, rolled_back=False, unreachable=pending)
+        time.sleep(1)
+    module.exit_json(changed=False, confirmed=False, rolled_back=True, unreachable=pending)
+
+
+if __name__ == "__main__":
+    main()
