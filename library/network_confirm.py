@@ -14,7 +14,7 @@ description:
   - When all targets answered, it confirms at once, in the same step, by disarming the rollback
     timer - destroying the NetworkManager checkpoint or renaming away the deadline file of the
     netplan rollback timer. If the timer fired first, the change is reported as rolled back.
-  - It never fails on an unconfirmed change: the caller judges, from C(confirmed), C(rolled_back)
+  - It never fails on an unconfirmed change; the caller judges, from C(confirmed), C(rolled_back)
     and C(unreachable), and waits for the node's own rollback.
 options:
   backend: {description: Which rollback timer the change runs under., type: str, required: true,
