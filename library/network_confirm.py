@@ -15,14 +15,18 @@ description:
     timer - destroying the NetworkManager checkpoint or renaming away the deadline file of the
     netplan rollback timer. If the timer fired first, the change is reported as rolled back.
   - It never fails on an unconfirmed change; the caller judges, from C(confirmed), C(rolled_back)
-    and C(unreachable), and waits for the node's own rollback.
+    and C(unreachable), and waits for the node's own rollback. C(unreachable) lists the targets that
+    stayed silent in the rounds that counted; it is empty when the timer fired before any did.
+  - With no targets, the change is confirmed as soon as the module runs: the controller reaching
+    the node again is then the only check.
 options:
   backend: {description: Which rollback timer the change runs under., type: str, required: true,
     choices: [networkmanager, netplan]}
   checkpoint: {description: "D-Bus path of the NetworkManager checkpoint (networkmanager).", type: str}
   rollback_dir: {description: "Directory of the netplan rollback timer, holding its deadline file (netplan).",
     type: path}
-  targets: {description: Addresses that must answer a ping from the node., type: list, elements: str, required: true}
+  targets: {description: IP addresses that must answer a ping from the node., type: list, elements: str,
+    required: true}
   timeout: {description: Seconds to wait for the targets., type: int, default: 20}
 author:
   - hpc-datapath contributors
@@ -46,6 +50,7 @@ unreachable: {description: Targets that had not answered when the wait ended., r
   elements: str}
 """
 
+import ipaddress
 import os
 import re
 import time
@@ -109,21 +114,27 @@ def main():
         if params["backend"] == "networkmanager"
         else NetplanTimer(params["rollback_dir"])
     )
+    for target in params["targets"]:
+        try:
+            ipaddress.ip_address(target)
+        except ValueError:
+            module.fail_json(msg=f"targets: {target!r} is not an IP address")
     ping = module.get_bin_path("ping", required=True)
     pending = list(params["targets"])
+    counted = False  # whether a round ran and finished with the change still armed
     give_up = time.monotonic() + params["timeout"]
     while timer.armed():
         silent = [target for target in pending if module.run_command([ping, "-c", "1", "-W", "1", target])[0] != 0]
         if not timer.armed():
             break  # an answer in this round may come from the rolled-back network: it does not count
-        pending = silent
+        pending, counted = silent, True
         if not pending:
             confirmed = timer.disarm()
             module.exit_json(changed=confirmed, confirmed=confirmed, rolled_back=not confirmed, unreachable=[])
         if time.monotonic() >= give_up:
             module.exit_json(changed=False, confirmed=False, rolled_back=False, unreachable=pending)
         time.sleep(1)
-    module.exit_json(changed=False, confirmed=False, rolled_back=True, unreachable=pending)
+    module.exit_json(changed=False, confirmed=False, rolled_back=True, unreachable=pending if counted else [])
 
 
 if __name__ == "__main__":

@@ -84,6 +84,9 @@ def arm_and_apply(module, busctl, existing):
             ),
             exists=True,
         )
+    if module.params["rollback_timeout"] < 1:
+        # NetworkManager takes 0 as "never roll back".
+        module.fail_json(msg=f"rollback_timeout must be at least 1 s, got {module.params['rollback_timeout']}")
     if module.check_mode:
         module.exit_json(changed=True, path=None, exists=False)
     timeout = str(module.params["rollback_timeout"])

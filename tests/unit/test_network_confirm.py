@@ -99,9 +99,17 @@ def test_networkmanager_checkpoint_is_destroyed_once_the_targets_answer(node, ca
     assert node["destroyed"] == [CHECKPOINT]
 
 
-def test_networkmanager_rolled_back_before_the_first_ping(node, capsys):
+def test_a_timer_gone_before_any_round_blames_no_target(node, capsys):
     node["checkpoints"] = []
-    node["up"] = {"10.10.0.2"}
     result = run(capsys, backend="networkmanager", checkpoint=CHECKPOINT, targets=["10.10.0.2"])
-    assert (result["confirmed"], result["rolled_back"], result["unreachable"]) == (False, True, ["10.10.0.2"])
+    assert (result["rolled_back"], result["unreachable"]) == (True, [])
     assert node["pings"] == []
+
+
+@pytest.mark.parametrize("target", ["-V", "peer.example.org", "10.10.0.2; reboot"])
+def test_a_target_that_is_not_an_ip_address_is_refused_before_any_ping(tmp_path, node, capsys, target):
+    result = run(capsys, targets=[target], **netplan_timer(tmp_path))
+    assert result["failed"] is True
+    assert result["msg"] == f"targets: {target!r} is not an IP address"
+    assert node["pings"] == []
+    assert (tmp_path / "deadline").exists()

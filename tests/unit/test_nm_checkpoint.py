@@ -79,3 +79,10 @@ def test_query_without_a_path_asks_for_any_checkpoint(nm, capsys):
     nm["checkpoints"] = [CHECKPOINT]
     assert run(capsys, state="query")["exists"] is True
     assert run(capsys, state="query", path="/org/freedesktop/NetworkManager/Checkpoint/2")["exists"] is False
+
+
+def test_a_zero_timeout_is_refused_since_networkmanager_takes_it_as_never(nm, capsys):
+    result = run(capsys, state="present", rollback_timeout=0, activate=["hpc-bond0"])
+    assert result["failed"] is True
+    assert result["msg"] == "rollback_timeout must be at least 1 s, got 0"
+    assert nm["checkpoints"] == []
