@@ -76,3 +76,42 @@ def test_no_debian_archive_fails_naming_the_variable(tmp_path, monkeypatch, caps
     )
     with pytest.raises(SystemExit, match="set LAB_DEBIAN_MIRROR"):
         run(monkeypatch, capsys, root)
+
+
+def test_never_a_cdrom_a_third_party_repository_or_a_disabled_stanza(tmp_path, monkeypatch, capsys):
+    root = apt_root(
+        tmp_path,
+        {
+            "sources.list": "deb cdrom:[Debian GNU/Linux 12.5.0 _Bookworm_ - DVD]/ bookworm contrib main\n",
+            # Sorts before debian.sources; a vendor repository with its own suite name.
+            "sources.list.d/1password.list": "deb [arch=amd64] https://dl.example.com/linux/debian stable main\n",
+            "sources.list.d/debian.sources": (
+                "Types: deb\nEnabled: False\nURIs: http://off.example.org/debian\nSuites: bookworm\n\n"
+                "Types: deb\nURIs:\n http://mirror.example.org/debian\nSuites: bookworm\n bookworm-updates\n\n"
+                "Types: deb\nURIs: http://mirror.example.org/debian-security\nSuites:\n bookworm-security\n"
+            ),
+        },
+    )
+    assert run(monkeypatch, capsys, root) == [
+        "http://mirror.example.org/debian",
+        "http://mirror.example.org/debian-security",
+    ]
+
+
+def test_a_mirror_list_is_followed(tmp_path, monkeypatch, capsys):
+    root = apt_root(
+        tmp_path,
+        {
+            "mirrors/debian.list": "# the site's mirrors\nhttps://site.example.org/debian priority:1\n",
+            "sources.list.d/debian.sources": (
+                "Types: deb\nURIs: mirror+file:///etc/apt/mirrors/debian.list\nSuites: bookworm bookworm-updates\n"
+            ),
+        },
+    )
+    assert run(monkeypatch, capsys, root)[0] == "https://site.example.org/debian"
+
+
+def test_another_distribution_is_not_debian_12(tmp_path, monkeypatch, capsys):
+    root = apt_root(tmp_path, {"sources.list": "deb http://archive.ubuntu.com/ubuntu jammy main\n"})
+    with pytest.raises(SystemExit, match="no source of Debian bookworm"):
+        run(monkeypatch, capsys, root)
