@@ -15,9 +15,9 @@ description:
     timer - destroying the NetworkManager checkpoint or renaming away the deadline file of the
     netplan rollback timer. If the timer fired first, the change is reported as rolled back.
   - It never fails on an unconfirmed change; the caller judges, from C(confirmed), C(rolled_back)
-    and C(unreachable), and waits for the node's own rollback. C(unreachable) lists the targets that
+    and C(unanswered), and waits for the node's own rollback. C(unanswered) lists the targets that
     stayed silent in the rounds that counted; it is empty when the timer fired before any did.
-  - With no targets, the change is confirmed as soon as the module runs: the controller reaching
+  - With no targets, the change is confirmed as soon as the module runs; the controller reaching
     the node again is then the only check.
 options:
   backend: {description: Which rollback timer the change runs under., type: str, required: true,
@@ -46,7 +46,8 @@ RETURN = r"""
 confirmed: {description: The targets answered and the rollback timer is disarmed., returned: always, type: bool}
 rolled_back: {description: The rollback timer fired before the change could be confirmed., returned: always,
   type: bool}
-unreachable: {description: Targets that had not answered when the wait ended., returned: always, type: list,
+# Not named "unreachable": Ansible reads a true value under that key as the host being unreachable.
+unanswered: {description: Targets that had not answered when the wait ended., returned: always, type: list,
   elements: str}
 """
 
@@ -130,11 +131,11 @@ def main():
         pending, counted = silent, True
         if not pending:
             confirmed = timer.disarm()
-            module.exit_json(changed=confirmed, confirmed=confirmed, rolled_back=not confirmed, unreachable=[])
+            module.exit_json(changed=confirmed, confirmed=confirmed, rolled_back=not confirmed, unanswered=[])
         if time.monotonic() >= give_up:
-            module.exit_json(changed=False, confirmed=False, rolled_back=False, unreachable=pending)
+            module.exit_json(changed=False, confirmed=False, rolled_back=False, unanswered=pending)
         time.sleep(1)
-    module.exit_json(changed=False, confirmed=False, rolled_back=True, unreachable=pending if counted else [])
+    module.exit_json(changed=False, confirmed=False, rolled_back=True, unanswered=pending if counted else [])
 
 
 if __name__ == "__main__":

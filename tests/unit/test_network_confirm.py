@@ -54,7 +54,7 @@ def netplan_timer(tmp_path):
 def test_targets_that_answer_confirm_the_netplan_change(tmp_path, node, capsys):
     node["up"] = {"10.10.0.2", "fd00:10::2"}
     result = run(capsys, targets=["10.10.0.2", "fd00:10::2"], **netplan_timer(tmp_path))
-    assert (result["confirmed"], result["rolled_back"], result["unreachable"], result["changed"]) == (
+    assert (result["confirmed"], result["rolled_back"], result["unanswered"], result["changed"]) == (
         True,
         False,
         [],
@@ -67,7 +67,7 @@ def test_targets_that_answer_confirm_the_netplan_change(tmp_path, node, capsys):
 def test_a_silent_target_leaves_the_timer_running(tmp_path, node, capsys):
     node["up"] = {"10.10.0.2"}
     result = run(capsys, targets=["10.10.0.2", "10.10.0.9"], timeout=0, **netplan_timer(tmp_path))
-    assert (result["confirmed"], result["rolled_back"], result["unreachable"]) == (False, False, ["10.10.0.9"])
+    assert (result["confirmed"], result["rolled_back"], result["unanswered"]) == (False, False, ["10.10.0.9"])
     assert (tmp_path / "deadline").exists()
 
 
@@ -79,7 +79,7 @@ def test_a_target_that_answers_only_after_the_rollback_confirms_nothing(tmp_path
 
     node["on_ping"] = timer_fires_after_the_first_round
     result = run(capsys, targets=["10.10.0.2"], timeout=60, **netplan_timer(tmp_path))
-    assert (result["confirmed"], result["rolled_back"], result["unreachable"]) == (False, True, ["10.10.0.2"])
+    assert (result["confirmed"], result["rolled_back"], result["unanswered"]) == (False, True, ["10.10.0.2"])
     assert node["pings"] == ["10.10.0.2", "10.10.0.2"]  # the second answer came after the rollback
     assert not (tmp_path / "confirmed").exists()
 
@@ -88,7 +88,7 @@ def test_the_timer_firing_between_the_answer_and_the_confirmation_is_a_rollback(
     node["up"] = {"10.10.0.2"}
     node["rollback_at_destroy"] = True
     result = run(capsys, backend="networkmanager", checkpoint=CHECKPOINT, targets=["10.10.0.2"])
-    assert (result["confirmed"], result["rolled_back"], result["unreachable"]) == (False, True, [])
+    assert (result["confirmed"], result["rolled_back"], result["unanswered"]) == (False, True, [])
     assert node["destroyed"] == []
 
 
@@ -102,7 +102,7 @@ def test_networkmanager_checkpoint_is_destroyed_once_the_targets_answer(node, ca
 def test_a_timer_gone_before_any_round_blames_no_target(node, capsys):
     node["checkpoints"] = []
     result = run(capsys, backend="networkmanager", checkpoint=CHECKPOINT, targets=["10.10.0.2"])
-    assert (result["rolled_back"], result["unreachable"]) == (True, [])
+    assert (result["rolled_back"], result["unanswered"]) == (True, [])
     assert node["pings"] == []
 
 
