@@ -31,6 +31,14 @@ RDMA_MTUS = (256, 512, 1024, 2048, 4096)
 # GRH 40 + BTH 12 + the largest extended headers 32 + ICRC 4: the kernel's iboe_get_mtu().
 ROCE_HEADER_BYTES = 88
 NPU_DEVICE = re.compile(r"^npu(\d+)$")
+# What the kernel takes as a name (dev_valid_name; RDMA devices the same, up to 63 bytes): these
+# names become paths in sysfs, configfs and /proc/sys, so nothing else may reach them.
+NETDEV_NAME = re.compile(r"^(?!\.\.?$)[^/:\s]{1,15}$")
+RDMA_DEVICE_NAME = re.compile(r"^(?!\.\.?$)[^/:\s]{1,63}$")
+# Routing tables 253-255 are the kernel's default, main and local; rule priorities 0, 32766 and
+# 32767 hold its local, main and default rules.
+TABLES = range(1, 253)
+RULE_PRIORITIES = range(1, 32766)
 
 
 # --- validation ----------------------------------------------------------------------------
@@ -74,6 +82,33 @@ def check_settings(settings):
     return problems
 
 
+def _name_problem(index, device, netdev):
+    if not RDMA_DEVICE_NAME.match(device):
+        return f"roce_rails[{index}]: device {device!r} is not a valid RDMA device name"
+    if netdev and not NETDEV_NAME.match(str(netdev)):
+        return f"roce_rails[{index}] ({device}): netdev {netdev!r} is not a valid interface name"
+    return None
+
+
+def _allocation_problem(where, pool, allocation):
+    if not pool:
+        return f"{where}: has no pool, so IPAM cannot give it an address"
+    if not allocation:
+        return f"{where}: IPAM holds no address for it (run playbooks/ipam.yml; is pool {pool} defined?)"
+    if allocation.get("pool") != pool:
+        return f"{where}: its address comes from pool {allocation.get('pool')}, not {pool}"
+    if ipaddress.ip_address(allocation["address"]).version != 4:
+        return f"{where}: pool {pool} is IPv6; the roce role configures IPv4 rails only"
+    return None
+
+
+def _range_problem(variable, base, count, allowed, reserved):
+    last = base + count - 1
+    if count and not (base in allowed and last in allowed):
+        return f"{variable}: {base} gives {base}..{last}, outside {allowed.start}..{allowed.stop - 1} ({reserved})"
+    return None
+
+
 def plan_rails(rails, addresses, *, netdevs, default_route_netdevs, source_routing, table_base, rule_priority_base):
     """The rails with their addresses and routing, and the problems that stop the run.
 
@@ -88,18 +123,17 @@ def plan_rails(rails, addresses, *, netdevs, default_route_netdevs, source_routi
             continue
         device, netdev, pool = str(rail["device"]), rail.get("netdev"), rail.get("pool")
         where = f"roce_rails[{index}] ({device})"
+        problem = _name_problem(index, device, netdev)
+        if problem:
+            problems.append(problem)
+            continue
         if device in seen_devices:
             problems.append(f"{where}: device listed twice")
         seen_devices.add(device)
-        if not pool:
-            problems.append(f"{where}: has no pool, so IPAM cannot give it an address")
-            continue
         allocation = addresses.get(device)
-        if not allocation:
-            problems.append(f"{where}: IPAM holds no address for it (run playbooks/ipam.yml; is pool {pool} defined?)")
-            continue
-        if allocation.get("pool") != pool:
-            problems.append(f"{where}: its address comes from pool {allocation.get('pool')}, not {pool}")
+        problem = _allocation_problem(where, pool, allocation)
+        if problem:
+            problems.append(problem)
             continue
         npu = NPU_DEVICE.match(device)
         if netdev:
@@ -133,6 +167,18 @@ def plan_rails(rails, addresses, *, netdevs, default_route_netdevs, source_routi
     # Ports that share a subnet answer ARP only for their own address and send from their own
     # port (source routing); a rail alone in its subnet needs none of it unless asked.
     linux = [rail for rail in planned if rail["netdev"]]
+    # Every rail gets a table and a rule of its own, counted up from the bases.
+    problems += filter(
+        None,
+        (
+            _range_problem(
+                "roce_route_table_base", table_base, len(linux), TABLES, "253-255 are the kernel's default, main, local"
+            ),
+            _range_problem(
+                "roce_rule_priority_base", rule_priority_base, len(linux), RULE_PRIORITIES, "the kernel's own rules"
+            ),
+        ),
+    )
     for position, rail in enumerate(linux):
         shared = sum(1 for other in linux if other["network"] == rail["network"]) > 1
         rail["source_routing"] = shared if source_routing == "auto" else source_routing == "always"

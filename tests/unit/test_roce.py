@@ -28,6 +28,7 @@ ADDRESSES = {
     "mlx5_1": {"address": "10.31.0.2", "prefix": 24, "pool": "shared", "gateway": "10.31.0.254"},
     "mlx5_2": {"address": "10.32.0.1", "prefix": 24, "pool": "alone", "gateway": None},
     "npu3": {"address": "10.40.0.7", "prefix": 23, "pool": "npu", "gateway": "10.40.1.254"},
+    "mlx5_6": {"address": "fd00:31::1", "prefix": 64, "pool": "v6", "gateway": None},
 }
 
 
@@ -126,11 +127,69 @@ def test_npu_ports_need_no_netdev():
         ),
         ({"device": "mlx5_0", "netdev": "eno1", "pool": "shared"}, "roce_rails[0] (mlx5_0): netdev eno1 carries the"),
         ({"device": "mlx5_0", "pool": "shared"}, "roce_rails[0] (mlx5_0): needs a netdev, or must be an Ascend"),
+        # Names reach sysfs, configfs and /proc/sys paths, which the boot unit writes as root.
+        ({"device": "../../victim", "pool": "shared"}, "roce_rails[0]: device '../../victim' is not a valid RDMA"),
+        ({"device": "..", "pool": "shared"}, "roce_rails[0]: device '..' is not a valid RDMA device name"),
+        ({"device": "mlx5 0", "pool": "shared"}, "roce_rails[0]: device 'mlx5 0' is not a valid RDMA device name"),
+        (
+            {"device": "mlx5_0", "netdev": "ens1/../../x", "pool": "shared"},
+            "roce_rails[0] (mlx5_0): netdev 'ens1/../../x' is not a valid interface name",
+        ),
+        (
+            {"device": "mlx5_0", "netdev": "a-very-long-name0", "pool": "shared"},
+            "roce_rails[0] (mlx5_0): netdev 'a-very-long-name0' is not a valid interface name",
+        ),
+        (
+            {"device": "mlx5_6", "netdev": "ens1", "pool": "v6"},
+            "roce_rails[0] (mlx5_6): pool v6 is IPv6; the roce role configures IPv4 rails only",
+        ),
     ],
 )
 def test_bad_rails_are_named(rail, problem):
     _rails, problems = plan([rail])
     assert any(p.startswith(problem) for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("table_base", "rule_priority_base", "problem"),
+    [
+        (252, 1000, "roce_route_table_base: 252 gives 252..253, outside 1..252 (253-255 are the kernel's"),
+        (254, 1000, "roce_route_table_base: 254 gives 254..255, outside 1..252"),
+        (0, 1000, "roce_route_table_base: 0 gives 0..1, outside 1..252"),
+        (100, 32765, "roce_rule_priority_base: 32765 gives 32765..32766, outside 1..32765 (the kernel's own rules)"),
+        (100, 0, "roce_rule_priority_base: 0 gives 0..1, outside 1..32765"),
+    ],
+)
+def test_routing_numbers_stay_clear_of_the_kernels_own(table_base, rule_priority_base, problem):
+    two_rails = [
+        {"device": "mlx5_0", "netdev": "ens1", "pool": "shared"},
+        {"device": "mlx5_1", "netdev": "ens2", "pool": "shared"},
+    ]
+    _rails, problems = roce.plan_rails(
+        two_rails,
+        ADDRESSES,
+        netdevs={"ens1", "ens2"},
+        default_route_netdevs=set(),
+        source_routing="auto",
+        table_base=table_base,
+        rule_priority_base=rule_priority_base,
+    )
+    assert len(problems) == 1
+    assert problems[0].startswith(problem), problems
+
+
+def test_the_last_usable_table_and_priority_are_taken():
+    rails, problems = roce.plan_rails(
+        [{"device": "mlx5_0", "netdev": "ens1", "pool": "shared"}],
+        ADDRESSES,
+        netdevs={"ens1"},
+        default_route_netdevs=set(),
+        source_routing="always",
+        table_base=252,
+        rule_priority_base=32765,
+    )
+    assert problems == []
+    assert (rails[0]["table"], rails[0]["rule_priority"]) == (252, 32765)
 
 
 def test_a_netdev_carries_one_rail():
