@@ -71,13 +71,20 @@ def env_int(name: str, default: int) -> int:
 
 def cache_dir() -> Path:
     if "LAB_CACHE_DIR" in os.environ:
-        return Path(os.environ["LAB_CACHE_DIR"])
+        return qemu_safe(Path(os.environ["LAB_CACHE_DIR"]), "LAB_CACHE_DIR")
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "hpc-datapath-lab"
+    return qemu_safe(Path(base) / "hpc-datapath-lab", "XDG_CACHE_HOME")
 
 
 def state_dir() -> Path:
-    return Path(os.environ.get("LAB_STATE_DIR", REPO_DIR / ".lab")).resolve()
+    return qemu_safe(Path(os.environ.get("LAB_STATE_DIR", REPO_DIR / ".lab")).resolve(), "LAB_STATE_DIR")
+
+
+def qemu_safe(path: Path, variable: str) -> Path:
+    """A path that goes into QEMU's options, where a comma would start another option."""
+    if "," in str(path):
+        sys.exit(f"labctl: {variable}: {path} contains a comma, which QEMU reads as an option separator")
+    return path
 
 
 def recipe_key() -> str:
@@ -273,8 +280,10 @@ def qemu_command(node: Node, image: Path, accel: str, state: Path) -> list[str]:
 
 
 def lab_processes(state: Path) -> list[int]:
-    """PIDs of every QEMU process whose command line points into this lab's state dir."""
-    marker = str(state).encode()
+    """PIDs of every QEMU process of this lab: its -pidfile is <state>/<node>/qemu.pid, exactly.
+
+    Not a substring match: another lab whose state dir merely contains this one's path is not ours.
+    """
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -283,7 +292,10 @@ def lab_processes(state: Path) -> list[int]:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if argv and argv[0].endswith(QEMU.encode()) and any(marker in arg for arg in argv):
+        if not argv or not argv[0].endswith(QEMU.encode()) or b"-pidfile" not in argv[:-1]:
+            continue
+        pidfile = Path(os.fsdecode(argv[argv.index(b"-pidfile") + 1]))
+        if pidfile.name == "qemu.pid" and pidfile.parent.parent == state:
             pids.append(int(proc.name))
     return pids
 
@@ -349,6 +361,19 @@ def write_ssh_files(image: Path, state: Path, nodes: list[Node]) -> None:
     (state / "ssh_config").write_text(config)
 
 
+# What labctl writes into the state dir, and so all it removes from there.
+STATE_FILES = ("ssh_config", "known_hosts", "id_ed25519", "state.json")
+
+
+def clear_state(state: Path, nodes: list[Node]) -> None:
+    """Remove what an earlier lab left in the state dir, and nothing that labctl did not write."""
+    state.mkdir(parents=True, exist_ok=True)
+    for name in STATE_FILES:
+        (state / name).unlink(missing_ok=True)
+    for node in nodes:
+        shutil.rmtree(state / node.name, ignore_errors=True)
+
+
 def up(_args: argparse.Namespace) -> None:
     state = state_dir()
     if lab_processes(state):
@@ -359,8 +384,7 @@ def up(_args: argparse.Namespace) -> None:
     image = ensure_image()
     accel = choose_accel(image)
     nodes = [Node(i) for i in range(1, NODE_COUNT + 1)]
-    shutil.rmtree(state, ignore_errors=True)
-    state.mkdir(parents=True)
+    clear_state(state, nodes)
     write_ssh_files(image, state, nodes)
     started = time.monotonic()
     for node in nodes:

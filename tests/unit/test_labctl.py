@@ -2,6 +2,10 @@
 
 import re
 import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import labctl
 import pytest
@@ -106,3 +110,56 @@ def test_probe_verdict_is_remembered_per_host_boot(monkeypatch, tmp_path, image)
 
 def test_no_processes_for_an_unused_state_dir(tmp_path):
     assert labctl.lab_processes(tmp_path / "never-used") == []
+
+
+@pytest.fixture
+def fake_qemu(tmp_path):
+    """Start a process that looks like a lab's QEMU (argv[0] and -pidfile) for a state dir."""
+    started = []
+
+    def start(state):
+        pidfile = state / "node1" / "qemu.pid"
+        process = subprocess.Popen(
+            [
+                "bash",
+                "-c",
+                'exec -a "$0" "$2" -c "import time; time.sleep(60)" -pidfile "$1"',
+                f"/usr/bin/{labctl.QEMU}",
+                str(pidfile),
+                sys.executable,
+            ]
+        )
+        started.append(process)
+        for _ in range(100):  # until exec has replaced bash
+            if Path(f"/proc/{process.pid}/cmdline").read_bytes().startswith(f"/usr/bin/{labctl.QEMU}".encode()):
+                return process.pid
+            time.sleep(0.05)
+        raise AssertionError("the fake QEMU did not start")
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+def test_another_lab_whose_path_contains_ours_is_not_ours(tmp_path, fake_qemu):
+    ours, theirs = tmp_path / "lab", tmp_path / "lab2"
+    pid = fake_qemu(theirs)
+    assert labctl.lab_processes(ours) == []
+    assert labctl.lab_processes(theirs) == [pid]
+
+
+def test_up_clears_only_what_labctl_wrote(tmp_path):
+    state = tmp_path / "state"
+    (state / "node1").mkdir(parents=True)
+    (state / "node1" / "console.log").write_text("old boot\n")
+    (state / "ssh_config").write_text("old\n")
+    (state / "notes.txt").write_text("the operator's own file\n")
+    labctl.clear_state(state, [labctl.Node(1), labctl.Node(2)])
+    assert sorted(p.name for p in state.iterdir()) == ["notes.txt"]
+
+
+def test_a_comma_in_the_state_dir_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_STATE_DIR", str(tmp_path / "lab,readonly=on"))
+    with pytest.raises(SystemExit, match="contains a comma, which QEMU reads as an option separator"):
+        labctl.state_dir()
