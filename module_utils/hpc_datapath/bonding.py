@@ -18,6 +18,7 @@ MODES = ("balance-rr", "active-backup", "balance-xor", "broadcast", "802.3ad", "
 HASH_POLICIES = ("layer2", "layer2+3", "layer3+4", "encap2+3", "encap3+4", "vlan+srcmac")
 LACP_RATES = ("slow", "fast")
 MTU_RANGE = (1280, 9216)  # IPv6 minimum .. the largest jumbo frame data-centre switches take
+MAX_METRIC = 2**32 - 1  # the kernel's route priority is a u32
 IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 MEMBER_KEYS = ("name", "mac", "pci")
 
@@ -75,7 +76,11 @@ def _interfaces(variable, addresses, problems):
 
 def _routes(variable, routes, interfaces, problems):
     for route in routes:
-        to, via = route.get("to"), route.get("via")
+        to, via, metric = route.get("to"), route.get("via"), route.get("metric")
+        # The metric is written into keyfiles and netplan as is: only a number may get there.
+        if metric is not None and (type(metric) is not int or not 0 <= metric <= MAX_METRIC):
+            problems.append(f"{variable}: route to {to}: metric {metric!r} is not a number in 0..{MAX_METRIC}")
+            continue
         try:
             network = ipaddress.ip_network("0.0.0.0/0" if to == "default" else str(to))
             gateway = ipaddress.ip_address(str(via)) if via is not None else None
@@ -123,8 +128,10 @@ def _vlan_problems(config):
         elif vlan_id in seen:
             problems.append(f"{label} is listed twice")
         seen.add(vlan_id)
-        vlan_mtu = vlan.get("mtu") or config["mtu"]
-        if vlan_mtu > config["mtu"]:
+        vlan_mtu = config["mtu"] if vlan.get("mtu") is None else vlan["mtu"]
+        if type(vlan_mtu) is not int or vlan_mtu < MTU_RANGE[0]:
+            problems.append(f"{label}: mtu {vlan_mtu!r} is not a number of at least {MTU_RANGE[0]}")
+        elif vlan_mtu > config["mtu"]:
             problems.append(f"{label}: mtu {vlan_mtu} is larger than bond_mtu {config['mtu']}")
         _routes(label, vlan.get("routes") or [], _interfaces(label, vlan.get("addresses") or [], problems), problems)
     return problems

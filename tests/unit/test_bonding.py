@@ -76,6 +76,14 @@ def test_a_good_configuration_has_no_problems():
         ({"vlans": [{"id": 7, "mtu": 9216}]}, "bond_vlans: VLAN 7: mtu 9216 is larger than bond_mtu 9000"),
         ({"vlans": [{"id": 7, "addresses": ["10.7.0.1"]}]}, "bond_vlans: VLAN 7: '10.7.0.1' has no prefix length"),
         ({"check_targets": ["peer"]}, "bond_check_targets: 'peer' is not an IP address"),
+        # A newline in a metric wrote a [connection] section into the keyfile and a route into netplan.
+        (
+            {"routes": [{"to": "10.200.0.0/16", "via": "10.10.0.254", "metric": "100\n[connection]"}]},
+            r"bond_routes: route to 10.200.0.0/16: metric '100\\n\[connection\]' is not a number in 0\.\.4294967295",
+        ),
+        ({"routes": [{"to": "10.200.0.0/16", "metric": -1}]}, "bond_routes: route to 10.200.0.0/16: metric -1 is not"),
+        ({"vlans": [{"id": 7, "mtu": "9000"}]}, "bond_vlans: VLAN 7: mtu '9000' is not a number of at least 1280"),
+        ({"vlans": [{"id": 7, "mtu": 68}]}, "bond_vlans: VLAN 7: mtu 68 is not a number of at least 1280"),
     ],
 )
 def test_each_bad_input_is_named(fields, message):
