@@ -32,7 +32,7 @@ options:
     required: true
     suboptions:
       name:
-        description: Volume name; the md array is C(/dev/md/<name>).
+        description: Volume name (1 to 32 of A-Z a-z 0-9 _ -); RAID0 arrays are /dev/md/<name>.
         type: str
         required: true
       layout:
@@ -61,7 +61,9 @@ options:
         choices: [xfs, ext4]
         default: xfs
       mount_point:
-        description: Absolute mount point; C(single) mounts device i at C(<mount_point>/disk<i>).
+        description: >-
+          Absolute mount point in its plain form, not one of the system's (/usr, /var, /etc, /boot, ...);
+          C(single) mounts device i at C(<mount_point>/disk<i>).
         type: str
         required: true
   wipe_serials:
@@ -146,7 +148,14 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.hpc_datapath.blockdev import base_disks, device_name, holders, md_arrays, partitions
 from ansible.module_utils.hpc_datapath.sysfs import nvme_namespaces, nvme_queues, read
 
+VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+
 SYSTEM_MOUNTS = ("/", "/boot", "/boot/efi", "/usr", "/var")
+# Where a fresh file system mounted over the directory would hide what the system runs on.
+SYSTEM_MOUNT_POINTS = frozenset(SYSTEM_MOUNTS) | {
+    *("/bin", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc", "/root", "/run", "/sbin", "/sys"),
+    *("/usr/local", "/var/lib", "/var/log"),
+}
 
 
 class Refused(Exception):
@@ -245,12 +254,21 @@ class NvmeStorage:
     def check_volume(volume):
         """Input checks that need no look at the node."""
         name, chunk = volume["name"], volume["chunk_kib"]
+        if not VOLUME_NAME.match(str(name)):
+            # It names /dev/md/<name>, and mdadm.conf lines are found by it.
+            raise Refused(f"volume {name!r}: a name is 1 to 32 of A-Z a-z 0-9 _ -, starting with a letter or digit")
         if sum([bool(volume.get("serials")), bool(volume.get("model_pattern")), bool(volume.get("all"))]) != 1:
             raise Refused(f"volume {name}: select devices by exactly one of serials, model_pattern, all")
         if chunk & (chunk - 1) or not 4 <= chunk <= 65536:
             raise Refused(f"volume {name}: chunk_kib {chunk} is not a power of two from 4 to 65536")
-        if not os.path.isabs(volume["mount_point"]) or volume["mount_point"] == "/":
-            raise Refused(f"volume {name}: mount_point {volume['mount_point']!r} is not an absolute path below /")
+        mount_point = volume["mount_point"]
+        if not os.path.isabs(mount_point) or mount_point == "/":
+            raise Refused(f"volume {name}: mount_point {mount_point!r} is not an absolute path below /")
+        normal = "/" + os.path.normpath(mount_point).lstrip("/")
+        if normal != mount_point:
+            raise Refused(f"volume {name}: mount_point {mount_point!r} is not in its plain form; write {normal!r}")
+        if normal in SYSTEM_MOUNT_POINTS:
+            raise Refused(f"volume {name}: mount_point {normal} belongs to the system; a new file system would hide it")
 
     @staticmethod
     def pick(volume, devices, claimed):
