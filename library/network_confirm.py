@@ -53,13 +53,10 @@ unanswered: {description: Targets that had not answered when the wait ended., re
 
 import ipaddress
 import os
-import re
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-
-SERVICE = "org.freedesktop.NetworkManager"
-OBJECT = "/org/freedesktop/NetworkManager"
+from ansible.module_utils.hpc_datapath.netbackend import nm_call, nm_checkpoints
 
 
 class NetworkManagerTimer:
@@ -68,16 +65,10 @@ class NetworkManagerTimer:
         self.busctl = module.get_bin_path("busctl", required=True)
 
     def armed(self):
-        rc, out, err = self.module.run_command([self.busctl, "get-property", SERVICE, OBJECT, SERVICE, "Checkpoints"])
-        if rc != 0:
-            self.module.fail_json(msg=f"cannot read NetworkManager's checkpoints: {err.strip()}")
-        return self.checkpoint in re.findall(r'"([^"]+)"', out)
+        return self.checkpoint in nm_checkpoints(self.module, self.busctl)
 
     def disarm(self):
-        rc, _out, _err = self.module.run_command(
-            [self.busctl, "call", SERVICE, OBJECT, SERVICE, "CheckpointDestroy", "o", self.checkpoint]
-        )
-        return rc == 0
+        return nm_call(self.module, self.busctl, "CheckpointDestroy", "o", self.checkpoint)[0] == 0
 
 
 class NetplanTimer:

@@ -57,22 +57,10 @@ exists: {description: Whether the checkpoint (any checkpoint, for a query withou
 import re
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.hpc_datapath.netbackend import nm_call, nm_checkpoints
 
-SERVICE = "org.freedesktop.NetworkManager"
-OBJECT = "/org/freedesktop/NetworkManager"
 # DELETE_NEW_CONNECTIONS | DISCONNECT_NEW_DEVICES: a rollback also removes what the change created.
 CREATE_FLAGS = 0x02 | 0x04
-
-
-def call(module, busctl, method, signature, *args):
-    return module.run_command([busctl, "call", SERVICE, OBJECT, SERVICE, method, signature, *args])
-
-
-def checkpoints(module, busctl):
-    rc, out, err = module.run_command([busctl, "get-property", SERVICE, OBJECT, SERVICE, "Checkpoints"])
-    if rc != 0:
-        module.fail_json(msg=f"cannot read NetworkManager's checkpoints: {err.strip()}")
-    return re.findall(r'"([^"]+)"', out)
 
 
 def arm_and_apply(module, busctl, existing):
@@ -90,7 +78,7 @@ def arm_and_apply(module, busctl, existing):
     if module.check_mode:
         module.exit_json(changed=True, path=None, exists=False)
     timeout = str(module.params["rollback_timeout"])
-    rc, out, err = call(module, busctl, "CheckpointCreate", "aouu", "0", timeout, str(CREATE_FLAGS))
+    rc, out, err = nm_call(module, busctl, "CheckpointCreate", "aouu", "0", timeout, str(CREATE_FLAGS))
     created = re.search(r'"([^"]+)"', out)
     if rc != 0 or not created:
         module.fail_json(msg=f"cannot create a NetworkManager checkpoint: {(err or out).strip()}")
@@ -101,7 +89,7 @@ def arm_and_apply(module, busctl, existing):
     for command in commands:
         rc, out, err = module.run_command(command)
         if rc != 0:
-            rolled_back = call(module, busctl, "CheckpointRollback", "o", path)[0] == 0
+            rolled_back = nm_call(module, busctl, "CheckpointRollback", "o", path)[0] == 0
             module.fail_json(
                 msg=(
                     f"{' '.join(command[1:])} failed (rc {rc}): {(err or out).strip()}; "
@@ -126,7 +114,7 @@ def main():
     )
     state, path = module.params["state"], module.params["path"]
     busctl = module.get_bin_path("busctl", required=True)
-    existing = checkpoints(module, busctl)
+    existing = nm_checkpoints(module, busctl)
 
     if state == "query":
         module.exit_json(changed=False, path=path, exists=path in existing if path else bool(existing))
@@ -137,7 +125,7 @@ def main():
             msg=f"checkpoint {path} is gone: NetworkManager has rolled the change back", path=path, exists=False
         )
     if not module.check_mode:
-        rc, _out, err = call(module, busctl, "CheckpointDestroy", "o", path)
+        rc, _out, err = nm_call(module, busctl, "CheckpointDestroy", "o", path)
         if rc != 0:
             module.fail_json(msg=f"cannot confirm checkpoint {path}: {err.strip()}", path=path, exists=True)
     module.exit_json(changed=True, path=path, exists=False)

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 def choose_backend(variable, wanted, nm_running, has_netplan):
     """The backend to use and, where none fits, why (as a problem sentence naming the variable)."""
@@ -27,3 +29,22 @@ def detect(module, variable, wanted):
     nm_running = bool(systemctl) and module.run_command([systemctl, "is-active", "--quiet", "NetworkManager"])[0] == 0
     backend, problem = choose_backend(variable, wanted, nm_running, bool(module.get_bin_path("netplan")))
     return backend, problem, nm_installed, nm_running
+
+
+# NetworkManager checkpoints over D-Bus (busctl, which every systemd system has): the node's own
+# rollback timer, armed by nm_checkpoint and disarmed by it or by network_confirm.
+NM_SERVICE = "org.freedesktop.NetworkManager"
+NM_OBJECT = "/org/freedesktop/NetworkManager"
+
+
+def nm_call(module, busctl, method, signature, *args):
+    """(rc, out, err) of a method call on NetworkManager's main object."""
+    return module.run_command([busctl, "call", NM_SERVICE, NM_OBJECT, NM_SERVICE, method, signature, *args])
+
+
+def nm_checkpoints(module, busctl):
+    """The D-Bus paths of the checkpoints NetworkManager holds; fails the module when unreadable."""
+    rc, out, err = module.run_command([busctl, "get-property", NM_SERVICE, NM_OBJECT, NM_SERVICE, "Checkpoints"])
+    if rc != 0:
+        module.fail_json(msg=f"cannot read NetworkManager's checkpoints: {err.strip()}")
+    return re.findall(r'"([^"]+)"', out)
