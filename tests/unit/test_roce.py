@@ -104,6 +104,19 @@ def test_rails_sharing_a_subnet_get_source_routing_and_their_own_tables():
     assert rails[0]["netmask"] == "255.255.255.0"
 
 
+def test_a_vlan_netdev_is_a_valid_rail_netdev():
+    # The dot of a VLAN netdev is part of the name (the ARP sysctl keys turn it into a slash).
+    rails, problems = plan(
+        [
+            {"device": "mlx5_0", "netdev": "ens1f0np0.100", "pool": "shared"},
+            {"device": "mlx5_1", "netdev": "ens2", "pool": "shared"},
+        ],
+        netdevs=("ens1f0np0.100", "ens2"),
+    )
+    assert problems == []
+    assert [(r["netdev"], r["source_routing"]) for r in rails] == [("ens1f0np0.100", True), ("ens2", True)]
+
+
 def test_npu_ports_need_no_netdev():
     rails, problems = plan([{"device": "npu3", "pool": "npu"}])
     assert problems == []
