@@ -18,7 +18,14 @@ description:
     member, LVM) or holds other devices is never touched unless its serial is listed in
     I(wipe_serials); then the run reports what it destroyed. An existing array is never grown or
     changed; with every member opted in, it is stopped, wiped and built anew.
-  - The disks under C(/), C(/boot), C(/boot/efi) and swap are never candidates.
+  - What is stacked on a device goes with it, so every disk under every md array on a device to wipe
+    (through partitions) must be an NVMe device opted in, or the run refuses. Device-mapper devices
+    (LVM, crypt) on it are refused, never taken apart. A selection never holds one namespace twice
+    (the same serial, NGUID or EUI-64 under two names).
+  - The disks under C(/), C(/boot), C(/boot/efi) and swap are never candidates; they are found by
+    device number, so C(/dev/root) counts.
+  - Tuning is checked against each queue's own sysfs lists while planning, and written before any
+    array or file system is made.
   - Applies the I/O tuning to the selected devices at once; the role persists it with a udev rule.
   - Mounting, C(fstab), C(mdadm.conf) and the initramfs are left to the role's tasks, with the
     C(targets) this module returns.
@@ -145,8 +152,18 @@ import re
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.hpc_datapath.blockdev import base_disks, device_name, holders, md_arrays, partitions
-from ansible.module_utils.hpc_datapath.sysfs import nvme_namespaces, nvme_queues, read
+from ansible.module_utils.hpc_datapath.blockdev import (
+    base_disks,
+    by_devno,
+    device_name,
+    devno,
+    holders,
+    md_arrays,
+    mounts,
+    partitions,
+    stacked_on,
+)
+from ansible.module_utils.hpc_datapath.sysfs import SYS, nvme_namespaces, nvme_queues, read
 
 VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 
@@ -163,8 +180,9 @@ class Refused(Exception):
 
 
 class NvmeStorage:
-    def __init__(self, module):
+    def __init__(self, module, sys_root=SYS, mountinfo="/proc/self/mountinfo", swaps="/proc/swaps"):
         self.module = module
+        self.sys_root, self.mountinfo, self.swaps = sys_root, mountinfo, swaps
         self.params = module.params
         self.check_mode = module.check_mode
         self.actions = []
@@ -187,19 +205,24 @@ class NvmeStorage:
             self.run(args)
 
     def system_disks(self):
+        """The disks under /, /boot, /usr, /var and swap, found by device number (/dev/root names none)."""
         disks = set()
-        with open("/proc/mounts") as mounts:
-            for line in mounts:
-                source, target = line.split()[:2]
-                if target in SYSTEM_MOUNTS and source.startswith("/dev/"):
-                    name = device_name(source)
-                    if name:
-                        disks |= base_disks(name)
-        with open("/proc/swaps") as swaps:
+        for target, number, source in mounts(self.mountinfo):
+            if target not in SYSTEM_MOUNTS:
+                continue
+            name = by_devno(number, self.sys_root) or device_name(source, self.sys_root)
+            if name:
+                disks |= base_disks(name, self.sys_root)
+            elif source.startswith("/dev/"):
+                raise Refused(
+                    f"cannot tell which disk holds {target} (source {source}, device {number}): "
+                    "no device is selected without knowing the system disks"
+                )
+        with open(self.swaps) as swaps:
             for line in list(swaps)[1:]:
-                name = device_name(line.split()[0])
+                name = device_name(line.split()[0], self.sys_root)
                 if name:
-                    disks |= base_disks(name)
+                    disks |= base_disks(name, self.sys_root)
         return disks
 
     def signatures(self, device):
@@ -209,8 +232,8 @@ class NvmeStorage:
             f"{sig.get('type')}" + (f" ({sig['label']})" if sig.get("label") else "")
             for sig in (json.loads(out or "{}").get("signatures") or [])
         ]
-        found += [f"partition {name}" for name in partitions(device)]
-        found += [f"held by {name}" for name in holders(device)]
+        found += [f"partition {name}" for name in partitions(device, self.sys_root)]
+        found += [f"held by {name}" for name in holders(device, self.sys_root)]
         return found
 
     def health(self, controller):
@@ -231,7 +254,7 @@ class NvmeStorage:
     def discover(self):
         system = self.system_disks()
         devices = []
-        for namespace in nvme_namespaces():
+        for namespace in nvme_namespaces(self.sys_root):
             devices.append(
                 {
                     **namespace,
@@ -298,12 +321,25 @@ class NvmeStorage:
         names = [volume["name"] for volume in self.params["volumes"]]
         if len(set(names)) != len(names):
             raise Refused(f"volume names must be unique: {', '.join(names)}")
-        claimed, chosen = {}, {}
+        claimed, chosen, identities = {}, {}, {}
         # Explicit selections first, so that 'all' means every device no other volume names.
         for volume in sorted(self.params["volumes"], key=lambda v: bool(v.get("all"))):
             self.check_volume(volume)
             picked = self.pick(volume, devices, claimed)
             for device in picked:
+                # One namespace under two names would be striped with itself, and opting in its
+                # serial would wipe both paths.
+                for kind in ("serial", "nguid", "eui64"):
+                    if device.get(kind) is None:
+                        continue
+                    other = identities.setdefault((kind, device[kind]), device["name"])
+                    if other != device["name"]:
+                        raise Refused(
+                            f"volume {volume['name']}: {other} and {device['name']} report the same {kind} "
+                            f"{device[kind]}: one namespace seen through two controllers (native NVMe "
+                            "multipath off) or several namespaces of one controller; a volume takes whole, "
+                            "distinct drives"
+                        )
                 if device["system"]:
                     raise Refused(
                         f"volume {volume['name']}: {device['serial']} ({device['name']}) holds the system "
@@ -324,11 +360,12 @@ class NvmeStorage:
         if not os.path.exists(link):
             return None
         kernel = os.path.basename(os.path.realpath(link))
-        info = md_arrays().get(kernel)
+        info = md_arrays(self.sys_root).get(kernel)
         if info is None:
             return None
-        # The namespace's device is its controller, or under native multipath its subsystem: both have a serial.
-        serials = sorted(read(f"/sys/block/{member}/device/serial") or member for member in info["members"])
+        # Members may be partitions or other disks: name them by the NVMe devices under them, if any.
+        by_name = {d["name"]: d for d in self.all_devices}
+        serials = sorted(by_name[m]["serial"] if m in by_name else m for m in info["members"])
         return {"kernel": kernel, "device": link, **info, "serials": serials}
 
     def plan_wipe(self, volume, devices, reason):
@@ -341,29 +378,69 @@ class NvmeStorage:
                 f"volume {volume['name']}: {reason}. Refusing to destroy data on {details}. To allow it, list "
                 f"these serials in nvme_storage_wipe_serials"
             )
+        for device in dirty:
+            self.check_stack(volume, device)
         return dirty
 
+    def check_stack(self, volume, device):
+        """Refuse to wipe a device whose stacked devices reach beyond the opted-in NVMe devices.
+
+        Wiping one member destroys the whole of an md array or LVM volume on it, partitions or not:
+        every disk under everything stacked on the device must be an NVMe device opted in.
+        """
+        by_name = {d["name"]: d for d in self.all_devices}
+        what = f"volume {volume['name']}: {device['serial']} ({device['name']})"
+        for holder in stacked_on(device["name"], self.sys_root):
+            node = os.path.join(self.sys_root, "class", "block", holder)
+            if not os.path.isdir(os.path.join(node, "md")):
+                mapped = read(os.path.join(node, "dm", "name"))
+                kind = f"device-mapper device {mapped} (LVM, crypt, multipath)" if mapped else "stacked device"
+                mounted = ", ".join(self.mounts_of(holder)) or "not mounted"
+                raise Refused(
+                    f"{what} is under {holder}, a {kind}, {mounted}, which this role does not take apart. "
+                    "Unmount it and remove it yourself (for LVM: lvremove, vgremove, pvremove), then run again"
+                )
+            for disk in sorted(base_disks(holder, self.sys_root)):
+                other = by_name.get(disk)
+                if other is None:
+                    raise Refused(
+                        f"{what} is a member of {holder}, which also spans {disk}, not an NVMe device: "
+                        f"wiping it would destroy {holder}. Take {holder} apart yourself first"
+                    )
+                if other["serial"] not in self.params["wipe_serials"]:
+                    raise Refused(
+                        f"{what} is a member of {holder}, which also spans {other['serial']} ({disk}): wiping it "
+                        f"would destroy {holder}. To allow it, list {other['serial']} in nvme_storage_wipe_serials"
+                    )
+
     def destroy(self, devices):
+        """Take apart what is stacked on the devices (md only: check_stack refused the rest), top first, then wipe."""
+        stopped = set()
         for device in devices:
             self.destroyed.append(
                 {"serial": device["serial"], "device": f"/dev/{device['name']}", "signatures": device["signatures"]}
             )
-            for holder in holders(device["name"]):
-                if holder.startswith("md"):
-                    for mount in self.mounts_of(f"/dev/{holder}"):
+            for holder in reversed(stacked_on(device["name"], self.sys_root)):
+                if holder not in stopped:
+                    stopped.add(holder)
+                    for mount in self.mounts_of(holder):
                         self.change(["umount", mount])
                     self.change(["mdadm", "--stop", f"/dev/{holder}"])
-            for part in partitions(device["name"]):
-                for mount in self.mounts_of(f"/dev/{part}"):
+            for name in [*partitions(device["name"], self.sys_root), device["name"]]:
+                for mount in self.mounts_of(name):
                     self.change(["umount", mount])
-            for mount in self.mounts_of(f"/dev/{device['name']}"):
-                self.change(["umount", mount])
             self.change(["wipefs", "--all", "--force", f"/dev/{device['name']}"])
 
-    def mounts_of(self, path):
-        real = os.path.realpath(path)
-        with open("/proc/mounts") as mounts:
-            return [line.split()[1] for line in mounts if os.path.realpath(line.split()[0]) == real]
+    def mounts_of(self, device):
+        """Where a block device (kernel name) is mounted, deepest first so that unmounting works."""
+        number = devno(device, self.sys_root)
+        found = [
+            target
+            for target, mounted, source in mounts(self.mountinfo)
+            # A device number names the disk; anonymous ones (0:N, btrfs) leave only the source path.
+            if mounted == number or (mounted.startswith("0:") and device_name(source, self.sys_root) == device)
+        ]
+        return sorted(set(found), key=len, reverse=True)
 
     def mkfs(self, volume, path, stripe_devices, force):
         chunk = volume["chunk_kib"]
@@ -397,9 +474,16 @@ class NvmeStorage:
                 f"{array['device']} exists as {array['level']}, chunk {array['chunk_bytes'] // 1024} KiB, "
                 f"members {', '.join(array['serials'])}"
             )
-            # Changing it means destroying it: every current member and every new device must be opted in.
+            # Changing it means destroying it: every disk under it and every new device must be opted in.
+            under = base_disks(array["kernel"], self.sys_root)
+            strangers = sorted(under - {d["name"] for d in self.all_devices})
+            if strangers:
+                raise Refused(
+                    f"volume {volume['name']}: {current}, on {', '.join(strangers)}, not NVMe devices: "
+                    f"the role does not destroy it; take {array['device']} apart yourself first"
+                )
             affected = [d for d in devices if d["signatures"]] + [
-                d for d in self.all_devices if d["name"] in array["members"] and d not in devices
+                d for d in self.all_devices if d["name"] in under and d not in devices
             ]
             wiped = self.plan_wipe(volume, affected, f"{current}; growing or changing an array destroys it")
         elif array is None:
@@ -442,7 +526,11 @@ class NvmeStorage:
         for index, device in enumerate(devices):
             path = f"/dev/{device['name']}"
             fstype, _ = self.filesystem(path)
-            plain = fstype == volume["filesystem"] and not partitions(device["name"]) and not holders(device["name"])
+            plain = (
+                fstype == volume["filesystem"]
+                and not partitions(device["name"], self.sys_root)
+                and not holders(device["name"], self.sys_root)
+            )
             if not plain:
                 wiped = self.plan_wipe(
                     volume, [device], f"{device['serial']} is not a bare {volume['filesystem']} device"
@@ -463,20 +551,45 @@ class NvmeStorage:
                 fstype, uuid = self.filesystem(path)
         return {"device": path, "uuid": uuid, "fstype": fstype or volume["filesystem"], "mount_point": mount_point}
 
-    def tune(self, devices, md_devices):
-        tuning = {key: value for key, value in (self.params["tuning"] or {}).items() if value is not None}
+    def tuning(self):
+        return {key: value for key, value in (self.params["tuning"] or {}).items() if value is not None}
+
+    def queues(self, device, key):
+        # Read-ahead belongs to the device that is read; scheduler and queue depth to the request
+        # queues, which under native multipath are the paths' (see nvme_queues).
+        return [device["name"]] if key == "read_ahead_kb" else nvme_queues(device["name"], self.sys_root)
+
+    def check_tuning(self, devices):
+        """Refuse tuning the devices' own queues would reject (or silently change), before anything is built."""
+        tuning = self.tuning()
+        if tuning.get("read_ahead_kb", 0) < 0:
+            raise Refused(f"tuning.read_ahead_kb: {tuning['read_ahead_kb']} is negative")
+        if tuning.get("nr_requests", 4) < 4:  # the block layer raises anything lower to 4, every run
+            raise Refused(f"tuning.nr_requests: {tuning['nr_requests']} is below the block layer's minimum of 4")
         for device in devices:
-            # Read-ahead belongs to the device that is read; scheduler and queue depth to the
-            # request queues, which under native multipath are the paths' (see nvme_queues).
+            for queue in self.queues(device, "scheduler") if "scheduler" in tuning else []:
+                offered = (read(self.queue_attribute(queue, "scheduler")) or "").replace("[", "").replace("]", "")
+                if tuning["scheduler"] not in offered.split():
+                    raise Refused(
+                        f"tuning.scheduler: {tuning['scheduler']!r} is not offered by {queue} "
+                        f"({device['serial']}), which offers: {offered or 'none readable'}"
+                    )
+
+    def tune(self, devices, md_devices):
+        tuning = self.tuning()
+        for device in devices:
             for key, value in tuning.items():
-                for name in [device["name"]] if key == "read_ahead_kb" else nvme_queues(device["name"]):
+                for name in self.queues(device, key):
                     self.write_queue(name, key, value)
         for path in md_devices:
             if "read_ahead_kb" in tuning and os.path.exists(path):
                 self.write_queue(os.path.basename(os.path.realpath(path)), "read_ahead_kb", tuning["read_ahead_kb"])
 
+    def queue_attribute(self, device, key):
+        return os.path.join(self.sys_root, "block", device, "queue", key)
+
     def write_queue(self, device, key, value):
-        attribute = f"/sys/block/{device}/queue/{key}"
+        attribute = self.queue_attribute(device, key)
         current = read(attribute) or ""
         if key == "scheduler":
             active = re.search(r"\[(\S+)\]", current)
@@ -497,11 +610,14 @@ class NvmeStorage:
         devices = self.discover()
         self.all_devices = devices
         chosen = self.select(devices)
+        self.check_tuning([d for picked in chosen.values() for d in picked])
         result = {"devices": devices, "volumes": []}
+        # The queues first: a write the kernel refuses then fails before any array or file system is made.
+        self.tune([d for picked in chosen.values() for d in picked], [])
         for volume in self.params["volumes"]:
             picked = chosen[volume["name"]]
             built = self.raid0(volume, picked) if volume["layout"] == "raid0" else self.single(volume, picked)
-            self.tune(picked, [built["md"]["device"]] if built["md"] else [])
+            self.tune([], [built["md"]["device"]] if built["md"] else [])
             # Where the other layout would mount, so the role can drop what a layout change left in fstab.
             other = (
                 [f"{volume['mount_point']}/disk{i}" for i in range(len(picked))]

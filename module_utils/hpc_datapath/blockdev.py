@@ -1,6 +1,6 @@
 # Copyright: contributors to hpc-datapath
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Block device relations from sysfs: partitions, holders, the disks under a mount, md arrays.
+"""Block device relations from sysfs: partitions, holders, the disks under a mount, md arrays, mounts.
 
 Pure readers with an injectable sysfs root, like sysfs.py. Targets: Python 3.8+, stdlib only.
 """
@@ -8,6 +8,7 @@ Pure readers with an injectable sysfs root, like sysfs.py. Targets: Python 3.8+,
 from __future__ import annotations
 
 import os
+import re
 
 from ansible.module_utils.hpc_datapath.sysfs import SYS, listdir, read, read_int
 
@@ -26,6 +27,17 @@ def holders(device, sys_root=SYS):
         for part in partitions(device, sys_root):
             found.update(listdir(os.path.join(sys_root, "block", device, part, "holders")))
     return sorted(found)
+
+
+def stacked_on(device, sys_root=SYS):
+    """Every device stacked on a disk (through its partitions) or on a partition, nearest first."""
+    found, queue = [], holders(device, sys_root)
+    while queue:
+        name = queue.pop(0)
+        if name not in found:
+            found.append(name)
+            queue += holders(name, sys_root)
+    return found
 
 
 def base_disks(device, sys_root=SYS, _seen=None):
@@ -59,6 +71,34 @@ def device_name(path, sys_root=SYS, dev_root="/dev"):
         if read(os.path.join(sys_root, "class", "block", name, "dev")) == wanted:
             return name
     return None
+
+
+def by_devno(devno, sys_root=SYS):
+    """The kernel name of the block device numbered major:minor, or None (anonymous: btrfs, nfs, tmpfs)."""
+    path = os.path.join(sys_root, "dev", "block", devno)
+    return os.path.basename(os.path.realpath(path)) if os.path.exists(path) else None
+
+
+def devno(device, sys_root=SYS):
+    """major:minor of a block device by kernel name (disk or partition), or None."""
+    return read(os.path.join(sys_root, "class", "block", device, "dev"))
+
+
+def _unescape(field):
+    return re.sub(r"\\([0-7]{3})", lambda octal: chr(int(octal.group(1), 8)), field)
+
+
+def mounts(mountinfo="/proc/self/mountinfo"):
+    """(mount point, major:minor, source) of every mount, from mountinfo.
+
+    The device number is what the kernel mounted: it names the disk where the source does not
+    (/dev/root, a path since renamed).
+    """
+    with open(mountinfo) as handle:
+        for line in handle:
+            fields = line.split()
+            source = fields[fields.index("-", 6) + 2]
+            yield _unescape(fields[4]), fields[2], _unescape(source)
 
 
 def md_arrays(sys_root=SYS):

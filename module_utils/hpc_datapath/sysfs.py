@@ -124,6 +124,11 @@ def nvme_queues(name, sys_root=SYS):
     return sorted(paths) or [name]
 
 
+def _identity(value):
+    """An NGUID or EUI-64 as the kernel prints it, or None where the drive reports none (all zeros)."""
+    return value if value and value.strip("0-:") else None
+
+
 def nvme_namespaces(sys_root=SYS):
     """Visible NVMe namespaces with their controller's identity, by block device name."""
     result = []
@@ -147,6 +152,10 @@ def nvme_namespaces(sys_root=SYS):
                 "namespace_id": read_int(os.path.join(block, "nsid")),
                 "size_bytes": sectors * 512,  # sysfs counts 512-byte sectors whatever the LBA size
                 "logical_block_size": read_int(os.path.join(block, "queue", "logical_block_size")),
+                # The namespace's own identity: one namespace seen through two controllers (dual
+                # port, native multipath off) shows up twice with the same NGUID or EUI-64.
+                "nguid": _identity(read(os.path.join(block, "nguid"))),
+                "eui64": _identity(read(os.path.join(block, "eui"))),
             }
         )
     return result

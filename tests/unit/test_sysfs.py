@@ -119,6 +119,8 @@ def test_nvme_namespaces_with_and_without_multipath(sys_root):
         "namespace_id": 1,
         "size_bytes": 4 * 1024**3,
         "logical_block_size": 512,
+        "nguid": None,  # QEMU reports none unless asked
+        "eui64": None,
     }
     assert sysfs.nvme_namespaces(str(sys_root)) == [
         {"name": "nvme0n1", "controller": "nvme0", "serial": "LABN1NVME0", "pci_address": "0000:00:06.0", **common},
