@@ -24,7 +24,7 @@ packages=(
   linux-image-amd64 initramfs-tools systemd-sysv udev kmod dbus
   openssh-server python3 python3-apt sudo ca-certificates
   iproute2 iputils-ping ethtool pciutils network-manager netplan.io
-  mdadm nvme-cli xfsprogs e2fsprogs
+  mdadm nvme-cli xfsprogs e2fsprogs fdisk lvm2
   rdma-core ibverbs-utils ibverbs-providers perftest rdmacm-utils infiniband-diags
   nfs-common nfs-kernel-server
   fio iperf3 procps less
