@@ -1,0 +1,135 @@
+"""The rdma_stack role, and preflight's part in it, run on this machine without changing it.
+
+The role runs in check mode, with its files (its internal path variables, given as extra vars) in a
+temporary directory, so that even check mode's reads stay there. The node's distribution is the one
+a test sets: set_fact with cacheable is what ansible_facts reads. rdma_stack_check, which reads the
+node's apt state, is a stand-in (the directory in ANSIBLE_LIBRARY): it stops the run (STOP) or
+reports a clean node (RDMA_STACK_CHECK_STANDIN=clean). What the tests look at happens before it, or
+right after it.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+STOP = "STAND-IN rdma_stack_check: the run got as far as the check"
+DEBIAN = {"os_family": "Debian", "distribution": "Debian", "distribution_version": "12.11"}
+DOCA = {
+    "rdma_stack_provider": "doca",
+    "rdma_stack_version": "24.07-0.6.1.0",
+    "rdma_stack_repo_uri": "https://mirror.dc1.example.com/doca/2.8.0/debian12/x86_64/",
+    "rdma_stack_repo_trusted": True,
+}
+
+STANDIN = '''#!/usr/bin/python
+"""Stand-in for rdma_stack_check: stops the run, or reports a node with nothing to do."""
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+module = AnsibleModule(
+    argument_spec={
+        "provider": {}, "packages": {"type": "list"}, "version": {},
+        "supported_kernels": {"type": "list"}, "nvidia_peermem": {"type": "bool"},
+    },
+    supports_check_mode=True,
+)
+if os.environ.get("RDMA_STACK_CHECK_STANDIN") != "clean":
+    module.fail_json(msg="STOP_MESSAGE")
+module.exit_json(
+    changed=False, problems=[], kernel="6.1.0-test", ofed_version="", installed={},
+    needs_install=False, install_args=[], pinned_modules={},
+)
+'''.replace("STOP_MESSAGE", STOP)
+
+PLAYBOOK = """
+- name: The rdma_stack role on this machine
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Stand in for the node's distribution
+      ansible.builtin.set_fact:
+        os_family: "{{ test_facts.os_family }}"
+        distribution: "{{ test_facts.distribution }}"
+        distribution_version: "{{ test_facts.distribution_version }}"
+        distribution_major_version: "{{ test_facts.distribution_version | split('.') | first }}"
+        python_version: "3.11.2"
+        cacheable: true
+      when: test_facts is defined
+
+    - name: Run the role
+      ansible.builtin.include_role:
+        name: "{{ test_role }}"
+        tasks_from: "{{ test_tasks_from | default('main') }}"
+"""
+
+
+@pytest.fixture
+def play(tmp_path):
+    """Run PLAYBOOK with these vars; returns (rc, the json report or None, all the output)."""
+    library = tmp_path / "library"
+    library.mkdir()
+    (library / "rdma_stack_check.py").write_text(STANDIN)
+    (tmp_path / "play.yml").write_text(PLAYBOOK)
+    paths = {
+        "__rdma_stack_sources": str(tmp_path / "hpc-rdma-stack.sources"),
+        "__rdma_stack_pin": str(tmp_path / "hpc-rdma-stack.pref"),
+        "__rdma_stack_reboot_marker": str(tmp_path / "reboot-required"),
+    }
+
+    def run(variables, *, facts=DEBIAN, role="rdma_stack", callback="json", standin="stop", args=()):
+        extra = {"ansible_python_interpreter": sys.executable, "test_role": role, **paths, **variables}
+        if facts is not None:
+            extra["test_facts"] = facts
+        (tmp_path / "vars.json").write_text(json.dumps(extra))
+        env = {
+            **os.environ,
+            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+            "ANSIBLE_LIBRARY": str(library),
+            "ANSIBLE_STDOUT_CALLBACK": callback,
+            "ANSIBLE_NOCOLOR": "1",
+            "RDMA_STACK_CHECK_STANDIN": standin,
+        }
+        command = ["ansible-playbook", "--inventory=localhost,", "--connection=local", "--check"]
+        command += [f"--extra-vars=@{tmp_path / 'vars.json'}", *args, str(tmp_path / "play.yml")]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+        output = done.stdout + done.stderr
+        # -v and more print the configuration before the report
+        report = json.loads(done.stdout[done.stdout.find("\n{\n") + 1 :]) if callback == "json" else None
+        return done.returncode, report, output
+
+    return run
+
+
+def results(report):
+    """Each task's result on localhost, by name without the role's prefix, in the order they ran."""
+    return {
+        task["task"]["name"].split(" : ", 1)[-1]: task["hosts"]["localhost"]
+        for play in report["plays"]
+        for task in play["tasks"]
+        if "localhost" in task["hosts"]
+    }
+
+
+def ran(report):
+    return [name for name, result in results(report).items() if not result.get("skipped")]
+
+
+def failure(report):
+    return next((name, result["msg"]) for name, result in results(report).items() if result.get("failed"))
+
+
+# Check mode on a node the repository is new to.
+def test_a_check_run_of_a_new_mirror_goes_through_and_writes_one_module_a_line(play, tmp_path):
+    (tmp_path / "reboot-required").write_text("")  # keeps modprobe (not on every test machine) out
+    rc, report, output = play({**DOCA, "rdma_stack_extra_modules": ["rdma_rxe"]}, standin="clean", args=["--diff"])
+    assert rc == 0, output
+    each = results(report)
+    assert each["Add the repository"]["changed"]
+    written = each["Load the stack's modules at every boot"]["diff"][0]["after"]
+    assert written.splitlines()[1:] == ["ib_core", "ib_uverbs", "rdma_cm", "rdma_ucm", "rdma_rxe"]
