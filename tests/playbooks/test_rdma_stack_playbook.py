@@ -133,3 +133,76 @@ def test_a_check_run_of_a_new_mirror_goes_through_and_writes_one_module_a_line(p
     assert each["Add the repository"]["changed"]
     written = each["Load the stack's modules at every boot"]["diff"][0]["after"]
     assert written.splitlines()[1:] == ["ib_core", "ib_uverbs", "rdma_cm", "rdma_ucm", "rdma_rxe"]
+
+
+# The distribution: the role is apt-only, and says so before it touches anything.
+DISTRIBUTION_REFUSAL = "Refuse a distribution outside the Debian family"
+
+
+@pytest.mark.parametrize(
+    "facts",
+    [
+        {"os_family": "RedHat", "distribution": "Rocky", "distribution_version": "9.4"},
+        {"os_family": "RedHat", "distribution": "openEuler", "distribution_version": "22.03"},
+        {"os_family": "RedHat", "distribution": "Kylin Linux Advanced Server", "distribution_version": "V10"},
+    ],
+    ids=["rocky", "openeuler", "kylin"],
+)
+def test_a_node_outside_the_debian_family_is_refused_before_anything(play, facts):
+    rc, report, output = play(DOCA, facts=facts)
+    assert rc == 2, output
+    assert failure(report) == (
+        DISTRIBUTION_REFUSAL,
+        f"localhost: {facts['distribution']} {facts['distribution_version']} is of the RedHat family, "
+        "and the rdma_stack role supports only the Debian family (apt: Debian, Ubuntu) so far",
+    )
+    role_tasks = ran(report)[ran(report).index("Run the role") + 1 :]
+    assert role_tasks[-1] == DISTRIBUTION_REFUSAL
+    assert all(name.startswith("Validating arguments") for name in role_tasks[:-1]), role_tasks
+
+
+def test_the_role_gathers_the_distribution_when_nobody_did(play):
+    rc, report, output = play(DOCA, facts=None)
+    gathered = results(report)["Gather the distribution facts"]
+    assert not gathered.get("skipped"), output
+    assert set(gathered["ansible_facts"]) >= {"ansible_os_family", "ansible_distribution"}
+    assert "ansible_kernel" not in gathered["ansible_facts"]  # the distribution subset only
+    os_family = gathered["ansible_facts"]["ansible_os_family"]
+    assert rc == 2, output
+    if os_family == "Debian":
+        assert failure(report)[1] == STOP
+    else:
+        assert failure(report)[0] == DISTRIBUTION_REFUSAL
+
+
+def test_facts_gathered_before_are_used(play):
+    rc, report, output = play(DOCA)
+    assert rc == 2, output
+    assert results(report)["Gather the distribution facts"].get("skipped")
+    assert failure(report)[1] == STOP
+
+
+# Preflight: the same refusal up front, where site.yml is to install the stack (roce_rails set).
+ROCKY = {"os_family": "RedHat", "distribution": "Rocky", "distribution_version": "9.4"}
+RAILS = {"roce_rails": [{"device": "mlx5_0", "netdev": "ens1f0np0", "pool": "rail0"}]}
+
+
+def test_preflight_refuses_a_node_outside_the_debian_family_that_is_to_get_the_stack(play):
+    rc, report, output = play({**RAILS, "test_tasks_from": "checks"}, facts=ROCKY, role="preflight")
+    assert rc == 2, output
+    assert failure(report) == (
+        "Refuse the RDMA stack outside the Debian family",
+        "localhost: preflight_rdma_stack: this node is to get the RDMA stack (site.yml installs it where "
+        "roce_rails is set), and Rocky 9.4 is of the RedHat family; the rdma_stack role supports only the "
+        "Debian family (apt: Debian, Ubuntu) so far",
+    )
+
+
+@pytest.mark.parametrize(
+    "facts, variables",
+    [(ROCKY, {}), (DEBIAN, RAILS), (ROCKY, {**RAILS, "preflight_rdma_stack": False})],
+    ids=["rocky-without-rails", "debian-with-rails", "rocky-stack-off"],
+)
+def test_preflight_lets_through_what_the_stack_does_not_concern(play, facts, variables):
+    rc, _, output = play({**variables, "test_tasks_from": "checks"}, facts=facts, role="preflight")
+    assert rc == 0, output
