@@ -79,6 +79,7 @@ def play(tmp_path):
     paths = {
         "__rdma_stack_sources": str(tmp_path / "hpc-rdma-stack.sources"),
         "__rdma_stack_pin": str(tmp_path / "hpc-rdma-stack.pref"),
+        "__rdma_stack_auth": str(tmp_path / "hpc-rdma-stack.conf"),
         "__rdma_stack_reboot_marker": str(tmp_path / "reboot-required"),
     }
 
@@ -206,3 +207,117 @@ def test_preflight_refuses_a_node_outside_the_debian_family_that_is_to_get_the_s
 def test_preflight_lets_through_what_the_stack_does_not_concern(play, facts, variables):
     rc, _, output = play({**variables, "test_tasks_from": "checks"}, facts=facts, role="preflight")
     assert rc == 0, output
+
+
+# The mirror's login: refused where apt could not use it or it would show, written where only root
+# reads it, never in the output.
+SECRET = "S3cret-of-the-mirror"  # noqa: S105 - a test value, the one string no output may hold
+LOGIN = {"rdma_stack_repo_username": "rdma-reader", "rdma_stack_repo_password": SECRET}
+WRITES = ("Add the repository", "Pin the meta package to its version", "Give apt the mirror's login")
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        f"https://rdma-reader:{SECRET}@mirror.dc1.example.com/doca/",
+        f"https://rdma-reader:{SECRET}@mirror.dc1.example.com/doca/\nTrusted: yes",
+        f"http://rdma-reader:pa/{SECRET}@mirror.dc1.example.com/doca/",
+    ],
+    ids=["user-password", "with-a-newline", "slash-in-password"],
+)
+def test_a_login_in_the_uri_is_refused_naming_the_mirror_not_the_login(play, uri):
+    rc, report, output = play({**DOCA, "rdma_stack_repo_uri": uri}, args=["--diff", "-vvv"])
+    assert rc == 2, output
+    assert failure(report) == (
+        "Refuse a login in the mirror URI",
+        "localhost: rdma_stack_repo_uri: the URI of mirror.dc1.example.com holds a login (user:password@), "
+        "which would land in a world-readable file and in --diff output; set rdma_stack_repo_username and "
+        "rdma_stack_repo_password (from Ansible Vault) instead",
+    )
+    assert SECRET not in output
+    assert not set(WRITES) & set(ran(report))
+
+
+LOGIN_PROBLEMS = {
+    "username-only": (
+        {"rdma_stack_repo_username": "rdma-reader"},
+        "rdma_stack_repo_username, rdma_stack_repo_password: set both or neither",
+    ),
+    "password-only": (
+        {"rdma_stack_repo_password": SECRET},
+        "rdma_stack_repo_username, rdma_stack_repo_password: set both or neither",
+    ),
+    "username-with-a-space": (
+        {**LOGIN, "rdma_stack_repo_username": "rdma reader"},
+        "rdma_stack_repo_username: is not one word of printable ASCII without a colon (a space or newline "
+        "would break the auth.conf.d file, a colon the HTTP login)",
+    ),
+    "username-with-a-colon": (
+        {**LOGIN, "rdma_stack_repo_username": "rdma:reader"},
+        "rdma_stack_repo_username: is not one word of printable ASCII without a colon (a space or newline "
+        "would break the auth.conf.d file, a colon the HTTP login)",
+    ),
+    "password-with-a-newline": (
+        {**LOGIN, "rdma_stack_repo_password": f"{SECRET}\nmachine https://elsewhere login x password y"},
+        "rdma_stack_repo_password: is not one word of printable ASCII (a space or newline would break the "
+        "auth.conf.d file); its value is not shown",
+    ),
+    "password-with-a-space": (
+        {**LOGIN, "rdma_stack_repo_password": f"{SECRET} 2"},
+        "rdma_stack_repo_password: is not one word of printable ASCII (a space or newline would break the "
+        "auth.conf.d file); its value is not shown",
+    ),
+    "password-not-ascii": (
+        {**LOGIN, "rdma_stack_repo_password": f"{SECRET}-\u00fc"},
+        "rdma_stack_repo_password: is not one word of printable ASCII (a space or newline would break the "
+        "auth.conf.d file); its value is not shown",
+    ),
+    "file-mirror": (
+        {**LOGIN, "rdma_stack_repo_uri": "file:/srv/doca-mirror"},
+        'rdma_stack_repo_username: apt sends a login to an http or https mirror only, not to "file:/srv/doca-mirror"',
+    ),
+}
+
+
+@pytest.mark.parametrize("login, problem", LOGIN_PROBLEMS.values(), ids=LOGIN_PROBLEMS.keys())
+def test_a_login_apt_cannot_use_is_refused_before_any_file_is_written(play, login, problem):
+    rc, report, output = play({**DOCA, **login}, args=["--diff", "-vvv"])
+    assert rc == 2, output
+    assert failure(report) == ("Refuse a login apt cannot use", f"localhost: {problem}")
+    assert results(report)["Check the mirror's login"].get("censored"), "the check must run with no_log"
+    assert SECRET not in output
+    assert not set(WRITES) & set(ran(report))
+
+
+@pytest.mark.parametrize("callback", ["json", "default"])
+def test_the_login_is_never_shown_and_stays_out_of_the_sources_file(play, callback):
+    rc, report, output = play({**DOCA, **LOGIN}, callback=callback, args=["--diff", "-vvv"])
+    assert rc == 2, output
+    assert STOP in output  # the run went through every task that handles the login
+    assert SECRET not in output
+    # --diff is on: the sources file's diff is there, with the mirror and without the login
+    assert "URIs: https://mirror.dc1.example.com/doca/2.8.0/debian12/x86_64/" in output
+    if report:
+        each = results(report)
+        sources = each["Add the repository"]["diff"][0]["after"]
+        assert "rdma-reader" not in sources
+        for name in ("Check the mirror's login", "Give apt the mirror's login"):
+            assert each[name].get("censored"), f"{name}: shown without no_log"
+        assert each["Give apt the mirror's login"]["changed"]
+
+
+def test_a_login_no_longer_set_is_removed_after_the_check(play, tmp_path):
+    (tmp_path / "hpc-rdma-stack.conf").write_text("machine https://old.example.com login a password b\n")
+    (tmp_path / "reboot-required").write_text("")  # keeps modprobe (not on every test machine) out
+    rc, report, output = play(DOCA, standin="clean")
+    assert rc == 0, output
+    names = ran(report)
+    removal = "Remove the login of an earlier run when none is set"
+    check = next(name for name in names if name.startswith("Check kernel, versions"))
+    assert results(report)[removal]["changed"]  # check mode: would remove it
+    assert names.index(removal) > names.index(check)
+    assert (tmp_path / "hpc-rdma-stack.conf").exists()  # check mode
+
+    rc, report, output = play({**DOCA, **LOGIN}, standin="clean")
+    assert rc == 0, output
+    assert results(report)[removal].get("skipped")
