@@ -442,6 +442,25 @@ class NvmeStorage:
         ]
         return sorted(set(found), key=len, reverse=True)
 
+    def check_remnant(self, volume, devices):
+        """A new array may show a file system its devices' own signatures did not: one left inside the
+        data area by an earlier array or LVM volume (their labels wiped, their data not). It may be
+        someone's way back to that data, so it is overwritten only with every device opted in;
+        otherwise the new array is taken down again and the run refuses.
+        """
+        path = f"/dev/md/{volume['name']}"
+        remnant, _ = self.filesystem(path)
+        not_opted_in = [d["serial"] for d in devices if d["serial"] not in self.params["wipe_serials"]]
+        if remnant and not_opted_in:
+            self.change(["mdadm", "--stop", path])
+            self.change(["wipefs", "--all", "--force", *[f"/dev/{d['name']}" for d in devices]])  # our own labels
+            raise Refused(
+                f"volume {volume['name']}: the new array showed a {remnant} file system left by an earlier array "
+                f"or volume on its devices; the array was taken down again and nothing else was written. "
+                f"To overwrite it, list {', '.join(not_opted_in)} in nvme_storage_wipe_serials"
+            )
+        return remnant is not None
+
     def mkfs(self, volume, path, stripe_devices, force):
         chunk = volume["chunk_kib"]
         if volume["filesystem"] == "xfs":
@@ -468,7 +487,7 @@ class NvmeStorage:
             and array["chunk_bytes"] == chunk_bytes
             and array["serials"] == sorted(wanted_serials)
         )
-        wiped = []
+        wiped, remnant = [], False
         if array is not None and not matches:
             current = (
                 f"{array['device']} exists as {array['level']}, chunk {array['chunk_bytes'] // 1024} KiB, "
@@ -508,13 +527,16 @@ class NvmeStorage:
             )
             if not self.check_mode:
                 self.run(["udevadm", "settle"])
+                remnant = self.check_remnant(volume, devices)
         path = f"/dev/md/{volume['name']}"
         fstype = self.filesystem(path)[0] if matches else None
         if matches and fstype not in (None, volume["filesystem"]):
             self.plan_wipe(volume, devices, f"{path} carries {fstype}, not {volume['filesystem']}")
             self.destroyed.append({"serial": None, "device": path, "signatures": [fstype]})
         if fstype != volume["filesystem"]:
-            self.mkfs(volume, path, len(devices), force=bool(wiped) or fstype is not None)
+            # Forced where the devices were wiped, or where a remnant was found and they are all opted in.
+            force = bool(wiped) or fstype is not None or remnant
+            self.mkfs(volume, path, len(devices), force=force)
         md_uuid = None
         if not self.check_mode or matches:
             _, out, _ = self.run(["mdadm", "--detail", "--export", path])

@@ -262,3 +262,46 @@ def test_tuning_is_written_before_the_array_is_made(node):
     assert storage.actions.index(f"echo mq-deadline > {node.sys}/block/nvme1n1/queue/scheduler") < next(
         i for i, action in enumerate(storage.actions) if action.startswith("mdadm --create")
     )
+
+
+class RemnantModule(FakeModule):
+    """A real run whose new array shows an XFS left inside the devices' data area."""
+
+    def __init__(self, params):
+        super().__init__(params)
+        self.check_mode = False
+
+    def run_command(self, args):
+        self.commands.append(args)
+        if args[:2] == ["wipefs", "--no-act"]:
+            return 0, json.dumps({"signatures": []}), ""
+        if args[0] == "blkid":
+            return (0, "TYPE=xfs\nUUID=0f0e\n", "") if args[-1] == "/dev/md/scratch" else (2, "", "")
+        if args[:2] == ["mdadm", "--detail"]:
+            return 0, "MD_UUID=aa:bb\n", ""
+        return 0, "", ""
+
+
+def run_for_real(node, **params):
+    module = RemnantModule({"volumes": [volume(serials=["S1", "S3"])], **params})
+    storage = nvme.NvmeStorage(module, str(node.sys), str(node.mountinfo), str(node.swaps))
+    return module, storage
+
+
+def test_a_remnant_file_system_on_a_new_array_needs_the_opt_in(node):
+    module, storage = run_for_real(node)
+    with pytest.raises(nvme.Refused, match="the new array showed a xfs file system left by an earlier array"):
+        storage.apply()
+    # The array it made is taken down again; nothing else was written.
+    assert [" ".join(c) for c in module.commands if c[0] in ("mdadm", "wipefs", "mkfs.xfs")][-3:] == [
+        "mdadm --create /dev/md/scratch --run --level=0 --chunk=512 --metadata=1.2 --homehost=any --name=scratch "
+        "--raid-devices=2 /dev/nvme1n1 /dev/nvme3n1",
+        "mdadm --stop /dev/md/scratch",
+        "wipefs --all --force /dev/nvme1n1 /dev/nvme3n1",
+    ]
+
+
+def test_with_the_opt_in_the_remnant_is_overwritten(node):
+    module, storage = run_for_real(node, wipe_serials=["S1", "S3"])
+    storage.apply()
+    assert ["mkfs.xfs", "-q", "-L", "scratch", "-d", "su=512k,sw=2", "-f", "/dev/md/scratch"] in module.commands
