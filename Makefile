@@ -60,9 +60,9 @@ test: setup
 	  tools/timed.sh unit $(MAKE) --no-print-directory unit && \
 	  $(MITOGEN) molecule test; status=$$?; tools/time-table.sh; exit $$status
 
-## constraints: re-freeze the transitive pins after changing requirements.txt
+## constraints: re-freeze the transitive pins after changing requirements.txt or requirements-dev.txt
 constraints:
 	rm -rf .cache/freeze && python3 -m venv .cache/freeze
-	.cache/freeze/bin/pip install -q -r requirements.txt
-	{ echo "# Full pip freeze of requirements.txt on Python 3.11 (regenerate: make constraints)."; \
+	.cache/freeze/bin/pip install -q -r requirements-dev.txt
+	{ echo "# Full pip freeze of requirements-dev.txt on Python 3.11 (regenerate: make constraints)."; \
 	  .cache/freeze/bin/pip freeze | sort -f; } > constraints.txt

@@ -2,7 +2,7 @@
 # Install everything the project needs on a Debian 12 controller, idempotently:
 #   - Debian packages: QEMU >= 8.0 (igb SR-IOV; from bookworm-backports on Debian 12),
 #     debootstrap, e2fsprogs, openssh-client, python3-venv;
-#   - a virtual environment in .venv with the pinned Python toolchain;
+#   - a virtual environment in .venv with the pinned Python toolchain (requirements-dev.txt);
 #   - the collections of requirements.yml.
 # Runs as root or through sudo for apt. Cheap when nothing changed (a stamp per input).
 set -euo pipefail
@@ -44,10 +44,10 @@ if [ ${#missing[@]} -gt 0 ] || ! qemu_ok; then
 fi
 
 stamp=$venv/.installed
-inputs=("$top/requirements.txt" "$top/constraints.txt" "$top/requirements.yml")
+inputs=("$top/requirements.txt" "$top/requirements-dev.txt" "$top/constraints.txt" "$top/requirements.yml")
 if [ ! -f "$stamp" ] || [ -n "$(find "${inputs[@]}" -newer "$stamp")" ]; then
   [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$top/requirements.txt" -c "$top/constraints.txt"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$top/requirements-dev.txt" -c "$top/constraints.txt"
   "$venv/bin/ansible-galaxy" collection install -r "$top/requirements.yml" >/dev/null
   touch "$stamp"
   echo "setup: toolchain ready in $venv"
