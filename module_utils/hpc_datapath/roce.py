@@ -33,8 +33,10 @@ ROCE_HEADER_BYTES = 88
 NPU_DEVICE = re.compile(r"^npu(\d+)$")
 # What the kernel takes as a name (dev_valid_name; RDMA devices the same, up to 63 bytes): these
 # names become paths in sysfs, configfs and /proc/sys, so nothing else may reach them.
-NETDEV_NAME = re.compile(r"^(?!\.\.?$)[^/:\s]{1,15}$")
-RDMA_DEVICE_NAME = re.compile(r"^(?!\.\.?$)[^/:\s]{1,63}$")
+# Narrower than the kernel allows: each name also goes into sysctl keys (where = splits a line),
+# profile files and command lines. \Z, not $, which would let a trailing newline through.
+NETDEV_NAME = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9_.-]{1,15}\Z")
+RDMA_DEVICE_NAME = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9_.-]{1,63}\Z")
 # Routing tables 253-255 are the kernel's default, main and local; rule priorities 0, 32766 and
 # 32767 hold its local, main and default rules.
 TABLES = range(1, 253)
@@ -84,9 +86,12 @@ def check_settings(settings):
 
 def _name_problem(index, device, netdev):
     if not RDMA_DEVICE_NAME.match(device):
-        return f"roce_rails[{index}]: device {device!r} is not a valid RDMA device name"
+        return f"roce_rails[{index}]: device {device!r} is not a valid RDMA device name (1 to 63 of A-Z a-z 0-9 _ . -)"
     if netdev and not NETDEV_NAME.match(str(netdev)):
-        return f"roce_rails[{index}] ({device}): netdev {netdev!r} is not a valid interface name"
+        return (
+            f"roce_rails[{index}] ({device}): netdev {netdev!r} is not a valid interface name "
+            "(1 to 15 of A-Z a-z 0-9 _ . -)"
+        )
     return None
 
 

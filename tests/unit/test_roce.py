@@ -152,6 +152,20 @@ def test_npu_ports_need_no_netdev():
             {"device": "mlx5_0", "netdev": "a-very-long-name0", "pool": "shared"},
             "roce_rails[0] (mlx5_0): netdev 'a-very-long-name0' is not a valid interface name",
         ),
+        # = would split a sysctl.d line, a quote breaks ansible.posix.sysctl, a newline ends a line anywhere.
+        (
+            {"device": "mlx5_0", "netdev": "ens1=x", "pool": "shared"},
+            "roce_rails[0] (mlx5_0): netdev 'ens1=x' is not a valid interface name (1 to 15 of A-Z a-z 0-9 _ . -)",
+        ),
+        (
+            {"device": "mlx5_0", "netdev": "ens1'x", "pool": "shared"},
+            'roce_rails[0] (mlx5_0): netdev "ens1\'x" is not a valid interface name',
+        ),
+        (
+            {"device": "mlx5_0", "netdev": "ens1\n", "pool": "shared"},
+            "roce_rails[0] (mlx5_0): netdev 'ens1\\n' is not a valid interface name",
+        ),
+        ({"device": "mlx5_0\n", "pool": "shared"}, "roce_rails[0]: device 'mlx5_0\\n' is not a valid RDMA device"),
         (
             {"device": "mlx5_6", "netdev": "ens1", "pool": "v6"},
             "roce_rails[0] (mlx5_6): pool v6 is IPv6; the roce role configures IPv4 rails only",
