@@ -165,7 +165,7 @@ from ansible.module_utils.hpc_datapath.blockdev import (
 )
 from ansible.module_utils.hpc_datapath.sysfs import SYS, nvme_namespaces, nvme_queues, read
 
-VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}\Z")  # \Z: $ would pass a trailing newline
 
 SYSTEM_MOUNTS = ("/", "/boot", "/boot/efi", "/usr", "/var")
 # Where a fresh file system mounted over the directory would hide what the system runs on.

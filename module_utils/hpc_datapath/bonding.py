@@ -19,7 +19,7 @@ HASH_POLICIES = ("layer2", "layer2+3", "layer3+4", "encap2+3", "encap3+4", "vlan
 LACP_RATES = ("slow", "fast")
 MTU_RANGE = (1280, 9216)  # IPv6 minimum .. the largest jumbo frame data-centre switches take
 MAX_METRIC = 2**32 - 1  # the kernel's route priority is a u32
-IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+IFNAME = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9_.-]{1,15}\Z")  # \Z: $ would pass a trailing newline
 MEMBER_KEYS = ("name", "mac", "pci")
 
 

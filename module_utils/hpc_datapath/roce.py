@@ -30,7 +30,7 @@ ROCE_MODES = ("RoCE v2", "IB/RoCE v1")
 RDMA_MTUS = (256, 512, 1024, 2048, 4096)
 # GRH 40 + BTH 12 + the largest extended headers 32 + ICRC 4: the kernel's iboe_get_mtu().
 ROCE_HEADER_BYTES = 88
-NPU_DEVICE = re.compile(r"^npu(\d+)$")
+NPU_DEVICE = re.compile(r"npu(\d+)\Z")
 # What the kernel takes as a name (dev_valid_name; RDMA devices the same, up to 63 bytes): these
 # names become paths in sysfs, configfs and /proc/sys, so nothing else may reach them.
 # Narrower than the kernel allows: each name also goes into sysctl keys (where = splits a line),

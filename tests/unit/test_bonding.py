@@ -63,6 +63,8 @@ def test_a_good_configuration_has_no_problems():
         ({"mode": "lacp"}, "bond_mode: 'lacp' is not one of balance-rr, active-backup"),
         ({"xmit_hash_policy": "layer4"}, "bond_xmit_hash_policy: 'layer4' is not one of"),
         ({"name": "bond-with-a-long-name"}, "bond_name: 'bond-with-a-long-name' is not a valid interface name"),
+        # A trailing newline passed the old $-anchored name check, into keyfile names and netplan.
+        ({"name": "bond0\n"}, r"bond_name: 'bond0\\n' is not a valid interface name"),
         ({"addresses": ["10.10.0.1"]}, "bond_addresses: '10.10.0.1' has no prefix length"),
         ({"addresses": ["10.10.0.0/24"]}, "bond_addresses: 10.10.0.0/24 is the network or broadcast address"),
         ({"addresses": ["10.10.0.300/24"]}, "bond_addresses: '10.10.0.300/24' is not an IP address with prefix"),

@@ -71,6 +71,7 @@ def test_all_leaves_the_devices_other_volumes_name():
         ({"name": "../../dev/sda", "serials": ["S1"]}, r"volume '\.\./\.\./dev/sda': a name is 1 to 32 of"),
         ({"name": "data.1", "serials": ["S1"]}, "volume 'data.1': a name is 1 to 32 of A-Z a-z 0-9 _ -"),
         ({"name": ".*", "serials": ["S1"]}, r"volume '\.\*': a name is 1 to 32 of"),
+        ({"name": "data\n", "serials": ["S1"]}, r"volume 'data\\n': a name is 1 to 32 of"),  # an mdadm.conf line
         ({"serials": ["S1"], "all": True}, "select devices by exactly one of serials, model_pattern, all"),
         ({}, "select devices by exactly one of serials, model_pattern, all"),
     ],
