@@ -8,6 +8,8 @@ import pytest
 import yaml
 from ansible.module_utils.testing import patch_module_args
 from conftest import ROOT, _load
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 ledger_module = _load("ipam_ledger", ROOT / "library" / "ipam_ledger.py")
 ipam = _load("roce_ipam", ROOT / "filter_plugins" / "roce_ipam.py")
@@ -118,3 +120,64 @@ def test_concurrent_writers_never_lose_an_allocation(tmp_path):
     hosts = sorted(entry["host"] for entry in final["allocations"])
     assert hosts == sorted(f"node{i}" for i in range(8))
     assert len({entry["ip"] for entry in final["allocations"]}) == 8
+
+
+# --- render and holds: linear time, same text as yaml.safe_dump ---------------------------------
+
+
+def render_with_yaml(ledger):
+    """The ledger's text with every allocation through yaml.safe_dump, as render wrote it before."""
+    head = ledger_module.HEADER + f"version: {ledger['version']}\n"
+    head += "allocations:\n" if ledger["allocations"] else "allocations: []\n"
+    return head + "".join(
+        "  - "
+        + yaml.safe_dump(
+            {key: entry[key] for key in ledger_module.FIELDS}, default_flow_style=True, sort_keys=False, width=1 << 16
+        )
+        for entry in ledger["allocations"]
+    )
+
+
+TRICKY_VALUES = [
+    "yes", "No", "null", "~", "0123", "1e3", "1.0", ".5", "10:20", "0x1f", "1_000", "2001-12-14", "+1", "-a",
+    ".a", "...x", "fd00::1", "a b", "a'b", "x,y", "x#y", "x #y", "#x", "{x}", "é", "", " x", "x/y", "a..b",
+]  # fmt: skip
+values = st.one_of(
+    st.sampled_from(TRICKY_VALUES),
+    st.from_regex(r"[A-Za-z0-9_./:+~-]{1,8}", fullmatch=True),
+    st.text(max_size=5),
+)
+entries = st.fixed_dictionaries({key: values for key in ledger_module.FIELDS})
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(entries, max_size=6))
+def test_property_render_writes_what_yaml_writes(allocations):
+    ledger = {"version": 1, "allocations": allocations}
+    text = ledger_module.render(ledger)
+    assert text == render_with_yaml(ledger)
+    assert yaml.safe_load(text) == ledger
+
+
+def test_holds_compares_the_written_text_and_reads_any_other_text_as_yaml():
+    ledger = ledger_for("node1", "node2")
+    written = ledger_module.render(ledger)
+    assert ledger_module.holds(written, ledger)
+    assert not ledger_module.holds(written, ledger_for("node1"))
+    hand_edited = written.replace(
+        "  - {pool: rail0, host: node2,", "  # node2 moved racks\n  - {pool: rail0, host: node2,"
+    )
+    assert hand_edited != written
+    assert ledger_module.holds(hand_edited, ledger)
+    assert ledger_module.holds(None, None)
+    assert not ledger_module.holds(None, ledger)
+    assert not ledger_module.holds(written, None)
+
+
+def test_holds_never_takes_a_ledger_render_cannot_write_for_the_text():
+    ledger = ledger_for("node1")
+    written = ledger_module.render(ledger)
+    with_more = {**ledger, "note": "kept by hand"}  # render would drop it: the text does not hold it
+    assert not ledger_module.holds(written, with_more)
+    as_numbers = {"version": 1, "allocations": [{**ledger["allocations"][0], "host": 1}]}
+    assert not ledger_module.holds(ledger_module.render(as_numbers), as_numbers)  # written as '1', read as '1'
