@@ -4,6 +4,7 @@ import copy
 import ipaddress
 
 import pytest
+import yaml
 from ansible.errors import AnsibleFilterError
 from conftest import ROOT, _load
 from hypothesis import given, settings
@@ -567,3 +568,108 @@ def test_property_aligned_offsets_match_across_pools(host_names):
         offsets = {int(ipaddress.ip_address(d["address"])) & 0xFF for d in result["allocations"][host].values()}
         assert len(offsets) == 1
         assert offsets.isdisjoint({3, 9})
+
+
+# --- roce_ipam_ledger: the ledger file read exactly as YAML reads it -----------------------------
+
+read_ledger = ipam.roce_ipam_ledger
+ledger_module = _load("ipam_ledger", ROOT / "library" / "ipam_ledger.py")
+
+# Values YAML misreads unquoted (numbers, booleans, nulls, times), quotes, or cannot write bare.
+TRICKY_VALUES = [
+    "yes", "No", "null", "~", "0123", "1e3", "1.0", ".5", "10:20", "0x1f", "1_000", "2001-12-14", "+1", "-a",
+    ".a", "...x", "fd00::1", "a b", "a'b", "x,y", "x#y", "x #y", "#x", "{x}", "[x]", "é", "", " x", "x ",
+]  # fmt: skip
+ledger_values = st.one_of(
+    st.sampled_from(TRICKY_VALUES),
+    st.from_regex(r"[A-Za-z0-9_./:-]{1,12}", fullmatch=True),
+    st.text(alphabet="ab1.:-_ '#,{}é\\\"", min_size=0, max_size=6),
+)
+ledgers = st.builds(
+    lambda entries: {"version": 1, "allocations": entries},
+    st.lists(st.fixed_dictionaries({key: ledger_values for key in ("pool", "host", "device", "ip")}), max_size=6),
+)
+
+
+def test_the_written_form_is_read_line_by_line():
+    ledger = assign(None, RAILS, [req(f"node{n}", f"mlx5_{r}", f"rail{r}") for n in range(1, 40) for r in (0, 1)])[
+        "ledger"
+    ]
+    text = ledger_module.render(ledger)
+    assert ipam._read_written_form(text) == ledger  # not by YAML
+    assert read_ledger(text) == ledger
+
+
+def test_an_empty_ledger_and_an_empty_file():
+    assert read_ledger(ledger_module.render({"version": 1, "allocations": []})) == {"version": 1, "allocations": []}
+    assert read_ledger("") is None
+
+
+def test_a_hand_edited_ledger_is_read_by_yaml():
+    text = (
+        "version: 1\n"
+        "allocations:\n"
+        "  # node1 came back from repair\n"
+        "  - pool: rail0\n    host: node1\n    device: mlx5_0\n    ip: 10.10.0.1\n"
+        "  - {pool: rail0, host: node2, device: mlx5_0, ip: 10.10.0.2}  # spare\n"
+    )
+    assert ipam._read_written_form(text) is None
+    assert read_ledger(text) == {
+        "version": 1,
+        "allocations": [
+            {"pool": "rail0", "host": "node1", "device": "mlx5_0", "ip": "10.10.0.1"},
+            {"pool": "rail0", "host": "node2", "device": "mlx5_0", "ip": "10.10.0.2"},
+        ],
+    }
+
+
+def test_a_value_yaml_reads_as_a_number_is_left_to_yaml():
+    text = "version: 1\nallocations:\n  - {pool: rail0, host: 0123, device: mlx5_0, ip: 10.10.0.1}\n"
+    assert ipam._read_written_form(text) is None
+    assert read_ledger(text)["allocations"][0]["host"] == 83  # octal, as YAML 1.1 reads it; assign refuses it later
+
+
+def test_text_that_is_not_yaml_fails_naming_the_reason():
+    with pytest.raises(AnsibleFilterError, match="roce_ipam_ledger: the ledger is not valid YAML"):
+        read_ledger("version: 1\nallocations:\n  - {pool: rail0, host: [node1\n")
+    with pytest.raises(AnsibleFilterError, match="must be given as text"):
+        read_ledger({"version": 1})
+
+
+@settings(max_examples=300, deadline=None)
+@given(ledgers)
+def test_property_any_written_ledger_reads_back_as_itself(ledger):
+    assert read_ledger(ledger_module.render(ledger)) == ledger
+
+
+@settings(max_examples=400, deadline=None)
+@given(ledgers, st.data())
+def test_property_a_text_read_line_by_line_is_what_yaml_reads(ledger, data):
+    # Edit the written form at random: whenever the line reader still accepts the text, YAML reads
+    # the very same data from it (and never fails on it).
+    text = ledger_module.render(ledger)
+    if data.draw(st.booleans()):  # unquote every value: '0123' becomes 0123, 'yes' yes
+        text = text.replace("'", "")
+    for _ in range(data.draw(st.integers(min_value=0, max_value=3))):
+        at = data.draw(st.integers(min_value=0, max_value=len(text)))
+        cut = data.draw(st.integers(min_value=0, max_value=3))
+        insert = data.draw(st.text(alphabet="ab1.:-_ '#,{}[]\n\t\"é\r", max_size=3))
+        text = text[:at] + insert + text[at + cut :]
+    read = ipam._read_written_form(text)
+    if read is not None:
+        assert yaml.safe_load(text) == read
+
+
+bare_values = st.from_regex(r"[0-9a-fA-Fx_.:/+~-]{1,5}", fullmatch=True)
+bare_entries = st.fixed_dictionaries({key: bare_values for key in ("pool", "host", "device", "ip")})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(bare_entries, min_size=1, max_size=4))
+def test_property_bare_values_are_read_as_yaml_reads_them(entries):
+    # Numbers, times, nulls and the like, written bare: the line reader takes a value as a string
+    # only where YAML does, and leaves the rest to YAML.
+    text = ledger_module.render({"version": 1, "allocations": entries}).replace("'", "")
+    read = ipam._read_written_form(text)
+    if read is not None:
+        assert yaml.safe_load(text) == read
