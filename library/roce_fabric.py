@@ -89,7 +89,7 @@ EXAMPLES = r"""
 - name: Plan the rails
   roce_fabric:
     rails: [{device: mlx5_0, netdev: ens108np0, pool: a800-rail0}]
-    addresses: "{{ roce_ipam_addresses }}"
+    addresses: "{{ lookup('roce_ipam_addresses', inventory_hostname) }}"
     qos: {tool: auto, trust: dscp, pfc_priorities: [3], dscp: 26, ecn: true, cnp_dscp: 48, cnp_priority: 6}
   register: roce_plan
 
