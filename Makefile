@@ -18,7 +18,7 @@ endif
 # callback (molecule/default/plugins/callback) each of its phases; tools/time-table.sh prints them.
 export LAB_PHASE_TIMES ?= $(CURDIR)/.cache/phase-times.tsv
 
-.PHONY: setup lab lab-stop lab-status lint unit molecule test constraints
+.PHONY: setup lab lab-stop lab-status lint unit molecule test constraints bench-ipam
 
 setup:
 	@tools/setup.sh
@@ -59,6 +59,11 @@ test: setup
 	@tools/timed.sh lint $(MAKE) --no-print-directory lint && \
 	  tools/timed.sh unit $(MAKE) --no-print-directory unit && \
 	  $(MITOGEN) molecule test; status=$$?; tools/time-table.sh; exit $$status
+
+## bench-ipam: the IPAM play on 1,000, 5,000 and 10,000 generated hosts x 8 rails, first run and
+## no-op, wall time and peak memory next to the bare filter (a benchmark: not part of make test)
+bench-ipam: setup
+	tools/bench_ipam.py
 
 ## constraints: re-freeze the transitive pins after changing requirements.txt or requirements-dev.txt
 constraints:

@@ -1,69 +1,126 @@
 #!/usr/bin/env python3
-"""Benchmark roce_ipam_assign at cluster scale (a benchmark, not a test: it asserts nothing).
+"""Benchmark the IPAM play at fleet scale, next to the bare allocation filter (asserts nothing).
 
-  tools/bench_ipam.py [--hosts 10000] [--rails 8] [--aligned]
+  tools/bench_ipam.py [--hosts 1000 5000 10000] [--rails 8]      (make bench-ipam)
 
-Allocates every rail of every host from an empty ledger, then adds one host to the full ledger,
-and prints the wall time (best and median of 5 runs) and the peak Python memory (tracemalloc)
-of each step.
+For each size, in a temporary directory: an inventory shaped like inventories/example with one
+group of N A800 hosts, listed one per line, and R rails on /16 pools; then
+  floor     ansible-playbook --list-hosts playbooks/ipam.yml: start, inventory and playbook parsing
+  first     ansible-playbook playbooks/ipam.yml with no ledger: every address taken, ledger written
+  no-op     the same again: nothing to change
+each a fresh process, with its wall time and peak memory: the largest resident set of
+ansible-playbook and of every worker it forked (getrusage of the waited-for children, what
+/usr/bin/time -v reports); then the bare roce_ipam_assign filter on the same requests, from an
+empty ledger and again on the full one (best of 3). The difference is what the play costs
+around the filter. Timings on a busy machine vary: run it when nothing else does.
 """
 
 import argparse
-import statistics
+import os
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
-import tracemalloc
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "filter_plugins"))
-from roce_ipam import roce_ipam_assign
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "filter_plugins"))
+from roce_ipam import roce_ipam_assign  # noqa: E402
+
+# Runs a command and reports the peak resident set of it and of its descendants, in KiB.
+MEASURE = """
+import resource, subprocess, sys
+rc = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)
+"""
 
 
-def measure(label, function, runs=5):
-    """Best and median of several untimed-by-tracing runs, then one traced run for peak memory."""
+def pools(rails):
+    return [
+        {"name": f"a800-rail{r}", "subnet": f"10.{100 + r}.0.0/16", "gateway": f"10.{100 + r}.255.254"}
+        for r in range(rails)
+    ]
+
+
+def host_names(count):
+    return [f"a800-{n:05d}.dc1.example.com" for n in range(1, count + 1)]
+
+
+def write_inventory(directory, count, rails):
+    """An inventory shaped like inventories/example: one A800 group, its rails, the pools in all."""
+    (directory / "group_vars" / "all").mkdir(parents=True)
+    (directory / "group_vars" / "hpc_a800").mkdir()
+    hosts = "".join(f"            {name}:\n" for name in host_names(count))
+    (directory / "hosts.yml").write_text(
+        "all:\n  children:\n    pool_hpc:\n      children:\n        hpc_a800:\n          hosts:\n" + hosts
+    )
+    (directory / "group_vars" / "all" / "ipam.yml").write_text(yaml.safe_dump({"roce_ipam_pools": pools(rails)}))
+    rail_list = [{"device": f"mlx5_{r}", "netdev": f"ens{108 + r}np0", "pool": f"a800-rail{r}"} for r in range(rails)]
+    (directory / "group_vars" / "hpc_a800" / "rails.yml").write_text(yaml.safe_dump({"roce_rails": rail_list}))
+
+
+def measured(*command):
+    """(wall seconds, peak resident set in MiB) of one run of the command; fails if it fails."""
+    started = time.perf_counter()
+    run = subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - started
+    peak_kib, rc = map(int, run.stdout.split())
+    if rc != 0:
+        sys.exit(f"{' '.join(command)} failed (rc {rc}); run it by hand to see why")
+    return wall, peak_kib / 1024
+
+
+def best_of(runs, function):
     times = []
     for _ in range(runs):
         started = time.perf_counter()
         result = function()
         times.append(time.perf_counter() - started)
-    tracemalloc.start()
-    function()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    print(
-        f"{label}: best {min(times):.3f} s, median {statistics.median(times):.3f} s over {runs} runs; "
-        f"peak Python memory {peak / 2**20:.1f} MiB"
-    )
-    return result
+    return min(times), result
+
+
+def bench(count, rails, workdir):
+    inventory = workdir / f"inventory-{count}"
+    write_inventory(inventory, count, rails)
+    ledger = inventory / "ipam" / "roce-ledger.yml"
+    playbook = ["ansible-playbook", "-i", str(inventory), str(ROOT / "playbooks" / "ipam.yml")]
+    floor = measured(*playbook, "--list-hosts")
+    first = measured(*playbook)
+    written = ledger.read_bytes()
+    allocations = len(re.findall(rb"^  - \{", written, flags=re.MULTILINE))
+    if allocations != count * rails:
+        sys.exit(f"{count} hosts: the ledger holds {allocations} allocations, not {count * rails}")
+    noop = measured(*playbook)
+    if ledger.read_bytes() != written:
+        sys.exit(f"{count} hosts: the no-op run changed the ledger")
+
+    names = host_names(count)
+    requests = [{"host": host, "device": f"mlx5_{r}", "pool": f"a800-rail{r}"} for host in names for r in range(rails)]
+    filter_first, result = best_of(3, lambda: roce_ipam_assign(None, pools(rails), requests))
+    filter_noop, _ = best_of(3, lambda: roce_ipam_assign(result["ledger"], pools(rails), requests))
+    shutil.rmtree(inventory)
+    return floor, first, noop, filter_first, filter_noop
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hosts", type=int, default=10_000)
+    parser.add_argument("--hosts", type=int, nargs="+", default=[1000, 5000, 10000])
     parser.add_argument("--rails", type=int, default=8)
-    parser.add_argument("--aligned", action="store_true")
     args = parser.parse_args()
-    pools = [
-        {"name": f"rail{r}", "subnet": f"10.{100 + r}.0.0/16", "gateway": f"10.{100 + r}.255.254"}
-        for r in range(args.rails)
-    ]
-
-    def requests_for(hosts):
-        return [
-            {"host": f"node{h:05d}", "device": f"mlx5_{r}", "pool": f"rail{r}"}
-            for h in hosts
-            for r in range(args.rails)
-        ]
-
-    everyone = requests_for(range(args.hosts))
-    print(f"{args.hosts} hosts x {args.rails} rails = {len(everyone)} requests, aligned={args.aligned}")
-    full = measure("from an empty ledger", lambda: roce_ipam_assign(None, pools, everyone, aligned=args.aligned))
-    one_more = everyone + requests_for([args.hosts])
-    result = measure(
-        "one host added to the full ledger",
-        lambda: roce_ipam_assign(full["ledger"], pools, one_more, aligned=args.aligned),
-    )
-    print(f"new host got {result['allocations'][f'node{args.hosts:05d}']['mlx5_0']['address']} on rail0")
+    os.environ["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
+    os.chdir(ROOT)
+    print(f"ansible-playbook playbooks/ipam.yml, {args.rails} rails per host, /16 pools; {os.cpu_count()} CPUs")
+    print("hosts  | floor (--list-hosts) | first run            | no-op run            | filter first | filter no-op")
+    with tempfile.TemporaryDirectory(prefix="bench-ipam-") as workdir:
+        for count in args.hosts:
+            floor, first, noop, filter_first, filter_noop = bench(count, args.rails, Path(workdir))
+            cells = [f"{wall:6.2f} s {peak:5.0f} MiB".rjust(20) for wall, peak in (floor, first, noop)]
+            cells += [f"{seconds:10.2f} s" for seconds in (filter_first, filter_noop)]
+            print(f"{count:6d} | " + " | ".join(cells))
 
 
 if __name__ == "__main__":
