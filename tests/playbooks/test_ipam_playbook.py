@@ -181,6 +181,7 @@ def test_limit_changes_nothing(inventory, tmp_path):
     rc, _, output = playbook(inventory, "--limit", A800[3])
     assert rc == 0, output
     limited = addresses(inventory)
+    assert len(limited) == 4 * 8 + 2 * 8 + 2 * 1  # every rail of every host, not the limited host's
     (inventory / "ipam" / "roce-ledger.yml").unlink()
     rc, _, output = playbook(inventory)
     assert rc == 0, output
@@ -415,3 +416,10 @@ def test_rails_given_as_extra_vars_are_every_hosts(tmp_path):
     assert requests == expected
     assert {request["pool"] for request in requests} == {"extra-vars"}
     assert len(requests) == 13  # one rail on each of the 13 hosts
+
+
+def test_without_pools_nothing_is_read_or_written_and_every_host_has_no_addresses(inventory):
+    read, other = read_addresses(inventory, "-e", json.dumps({"roce_ipam_pools": []}))
+    assert read == {host: {} for host in EVERY_HOST}
+    assert other == {}
+    assert not (inventory / "ipam").exists()
