@@ -8,7 +8,8 @@ group of N A800 hosts, listed one per line, and R rails on /16 pools; then
   floor     ansible-playbook --list-hosts playbooks/ipam.yml: start, inventory and playbook parsing
   first     ansible-playbook playbooks/ipam.yml with no ledger: every address taken, ledger written
   no-op     the same again: nothing to change
-each a fresh process, with its wall time and peak memory: the largest resident set of
+each a fresh process, with its wall time, its CPU time (user and system, workers included: on a
+busy machine the steadier figure) and its peak memory: the largest resident set of
 ansible-playbook and of every worker it forked (getrusage of the waited-for children, what
 /usr/bin/time -v reports); then the bare roce_ipam_assign filter on the same requests, from an
 empty ledger and again on the full one (best of 3). The difference is what the play costs
@@ -31,11 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "filter_plugins"))
 from roce_ipam import roce_ipam_assign  # noqa: E402
 
-# Runs a command and reports the peak resident set of it and of its descendants, in KiB.
+# Runs a command; reports the CPU seconds and the peak resident set (KiB) of it and its descendants.
 MEASURE = """
 import resource, subprocess, sys
 rc = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(usage.ru_utime + usage.ru_stime, usage.ru_maxrss, rc)
 """
 
 
@@ -64,14 +66,14 @@ def write_inventory(directory, count, rails):
 
 
 def measured(*command):
-    """(wall seconds, peak resident set in MiB) of one run of the command; fails if it fails."""
+    """(wall seconds, CPU seconds, peak resident set in MiB) of one run of the command, which must pass."""
     started = time.perf_counter()
     run = subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True, text=True, check=True)
     wall = time.perf_counter() - started
-    peak_kib, rc = map(int, run.stdout.split())
-    if rc != 0:
+    cpu, peak_kib, rc = run.stdout.split()
+    if rc != "0":
         sys.exit(f"{' '.join(command)} failed (rc {rc}); run it by hand to see why")
-    return wall, peak_kib / 1024
+    return wall, float(cpu), int(peak_kib) / 1024
 
 
 def best_of(runs, function):
@@ -114,12 +116,14 @@ def main():
     os.environ["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
     os.chdir(ROOT)
     print(f"ansible-playbook playbooks/ipam.yml, {args.rails} rails per host, /16 pools; {os.cpu_count()} CPUs")
-    print("hosts  | floor (--list-hosts) | first run            | no-op run            | filter first | filter no-op")
+    print("wall s / CPU s / peak MiB of ansible-playbook; the filter alone: best of 3")
+    header = ["floor (--list-hosts)", "first run", "no-op run", "filter first", "filter no-op"]
+    print(" hosts | " + " | ".join(f"{name:>24}" for name in header[:3]) + " | " + " | ".join(header[3:]))
     with tempfile.TemporaryDirectory(prefix="bench-ipam-") as workdir:
         for count in args.hosts:
             floor, first, noop, filter_first, filter_noop = bench(count, args.rails, Path(workdir))
-            cells = [f"{wall:6.2f} s {peak:5.0f} MiB".rjust(20) for wall, peak in (floor, first, noop)]
-            cells += [f"{seconds:10.2f} s" for seconds in (filter_first, filter_noop)]
+            cells = [f"{wall:6.2f} / {cpu:6.2f} / {peak:4.0f}".rjust(24) for wall, cpu, peak in (floor, first, noop)]
+            cells += [f"{filter_first:10.2f} s", f"{filter_noop:10.2f} s"]
             print(f"{count:6d} | " + " | ".join(cells))
 
 
