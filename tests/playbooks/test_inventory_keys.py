@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from ansible_cli import ansible_run
 
 ROOT = Path(__file__).resolve().parents[2]
 ARMOUR = ("-----BEGIN PGP PUBLIC KEY BLOCK-----\n", "-----END PGP PUBLIC KEY BLOCK-----\n")
@@ -24,7 +25,7 @@ def inventory(tmp_path):
     return copy
 
 
-def test_the_example_parses_with_every_file_read_from_another_directory(ansible_run, inventory):
+def test_the_example_parses_with_every_file_read_from_another_directory(inventory):
     run = ansible_run("ansible-inventory", "-i", inventory, "--list", env={"ANSIBLE_INVENTORY_UNPARSED_FAILED": "true"})
     assert run.returncode == 0, run.stderr
     hostvars = json.loads(run.stdout)["_meta"]["hostvars"]
@@ -33,7 +34,7 @@ def test_the_example_parses_with_every_file_read_from_another_directory(ansible_
     }
 
 
-def test_every_vendor_stack_host_gets_its_mirror_key_from_the_inventory(ansible_run, inventory):
+def test_every_vendor_stack_host_gets_its_mirror_key_from_the_inventory(inventory):
     listing = ansible_run("ansible-inventory", "-i", inventory, "--list")
     assert listing.returncode == 0, listing.stderr
     vendor = {

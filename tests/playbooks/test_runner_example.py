@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ansible_cli import ansible_run
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "runner"
@@ -29,7 +30,7 @@ def private_data_dir(tmp_path):
     return copy
 
 
-def run_example(ansible_run, private_data_dir):
+def run_example(private_data_dir):
     """(the run's status, {host: the report's message}, the output) of one ansible-runner run."""
     run = ansible_run(
         "ansible-runner",
@@ -53,7 +54,7 @@ def run_example(ansible_run, private_data_dir):
     return (artifacts / "status").read_text(), reports, run.stdout + run.stderr
 
 
-def test_the_example_runs_the_project_with_the_inventory_of_the_private_data_directory(ansible_run, private_data_dir):
+def test_the_example_runs_the_project_with_the_inventory_of_the_private_data_directory(private_data_dir):
     listing = ansible_run("ansible-inventory", "-i", ROOT / "inventories" / "example", "--list")
     assert listing.returncode == 0, listing.stderr
     expected = {
@@ -61,7 +62,7 @@ def test_the_example_runs_the_project_with_the_inventory_of_the_private_data_dir
         for host, variables in json.loads(listing.stdout)["_meta"]["hostvars"].items()
     }
 
-    status, reports, output = run_example(ansible_run, private_data_dir)
+    status, reports, output = run_example(private_data_dir)
 
     assert status == "successful", output
     assert {host: report["rails"] for host, report in reports.items()} == expected
@@ -71,14 +72,14 @@ def test_the_example_runs_the_project_with_the_inventory_of_the_private_data_dir
         assert report["inventory_dir"] == str(private_data_dir / "inventory")
 
 
-def test_a_failed_check_fails_the_run_naming_host_and_variable(ansible_run, private_data_dir):
+def test_a_failed_check_fails_the_run_naming_host_and_variable(private_data_dir):
     host_vars = private_data_dir / "inventory" / "host_vars"
     host_vars.mkdir()
     (host_vars / "v100-002.dc1.example.com.yml").write_text(
         yaml.safe_dump({"roce_rails": [{"device": "mlx5_0", "netdev": "ens1f0", "pool": "no-such-pool"}]})
     )
 
-    status, reports, output = run_example(ansible_run, private_data_dir)
+    status, reports, output = run_example(private_data_dir)
 
     assert status == "failed"
     assert "v100-002.dc1.example.com: roce_rails: pools not in roce_ipam_pools: no-such-pool" in output

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ansible_cli import ansible_run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +27,7 @@ TASK = re.compile(r"^ {6}(?P<name>.*?)\tTAGS: \[(?P<tags>[^\]]*)\]$")
 PLAY = re.compile(r"^  play #\d+ \([^)]*\): (?P<name>.*?)\tTAGS: ")
 
 
-def listed(ansible_run, *args):
+def listed(*args):
     """[(role, 'ipam' or 'play: <name>' for a task outside roles; task name; its tags)] of --list-tasks."""
     run = ansible_run("ansible-playbook", "playbooks/site.yml", "-i", "inventories/lab", "--list-tasks", *args)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -55,20 +56,20 @@ def listed(ansible_run, *args):
         ("ipam", {"preflight", IPAM}),
     ],
 )
-def test_a_tag_runs_preflight_and_its_own_part_only(ansible_run, tag, expected):
-    tasks = listed(ansible_run, "--tags", tag)
+def test_a_tag_runs_preflight_and_its_own_part_only(tag, expected):
+    tasks = listed("--tags", tag)
     work = [(owner, name) for owner, name, _ in tasks if not VALIDATION.match(name)]
     assert {owner for owner, _ in work} == expected
     # Beside them, only the argument checks that Ansible tags `always` itself.
     assert all("always" in tags for _, name, tags in tasks if VALIDATION.match(name))
 
 
-def test_every_task_of_site_yml_carries_a_capability_tag(ansible_run):
-    untagged = [(owner, name) for owner, name, tags in listed(ansible_run) if not tags & set(CAPABILITIES)]
+def test_every_task_of_site_yml_carries_a_capability_tag():
+    untagged = [(owner, name) for owner, name, tags in listed() if not tags & set(CAPABILITIES)]
     assert untagged == []
 
 
-def test_the_capability_tags_are_the_ones_site_yml_offers(ansible_run):
+def test_the_capability_tags_are_the_ones_site_yml_offers():
     run = ansible_run("ansible-playbook", "playbooks/site.yml", "-i", "inventories/lab", "--list-tags")
     assert run.returncode == 0, run.stdout + run.stderr
     offered = set()

@@ -1,11 +1,13 @@
-"""What the playbook tests share: one way to run an Ansible command line from the project."""
+"""What the playbook tests share: one way to run an Ansible command line from the project.
+
+A module of its own name, not conftest.py: tests/unit's tests import their conftest by that name,
+and a second conftest.py would take its place in sys.modules.
+"""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,22 +23,17 @@ def ansible_environment(**overrides):
     return {key: value for key, value in env.items() if value is not None}
 
 
-@pytest.fixture
-def ansible_run():
+def ansible_run(*command, env=None, cwd=ROOT):
     """Run an Ansible command line in the project; returns the CompletedProcess (text, not checked).
 
     env: variables to add, or to remove with None (ANSIBLE_CONFIG=None runs with the ansible.cfg
     that Ansible finds itself, as AWX and ansible-runner do).
     """
-
-    def run(*command, env=None, cwd=ROOT):
-        return subprocess.run(
-            [str(part) for part in command],
-            capture_output=True,
-            text=True,
-            env=ansible_environment(**(env or {})),
-            cwd=cwd,
-            check=False,
-        )
-
-    return run
+    return subprocess.run(
+        [str(part) for part in command],
+        capture_output=True,
+        text=True,
+        env=ansible_environment(**(env or {})),
+        cwd=cwd,
+        check=False,
+    )
