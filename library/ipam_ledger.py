@@ -226,7 +226,7 @@ def update_ledger(path, ledger, base, check_mode=False, diff=False):
         ) from None
     except (OSError, KeyError, TypeError, ValueError) as error:
         raise LedgerError(f"cannot write the ledger {path}: {error}") from error
-    old, new = entry_lines(base), entry_lines(ledger)
+    old, new = (set(), set()) if base == ledger else (entry_lines(base), entry_lines(ledger))
     result = {
         "changed": changed,
         "path": path,
