@@ -154,10 +154,12 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.hpc_datapath.blockdev import (
     base_disks,
+    btrfs_members,
     by_devno,
     device_name,
     devno,
     holders,
+    loops_on,
     md_arrays,
     mounts,
     partitions,
@@ -168,11 +170,15 @@ from ansible.module_utils.hpc_datapath.sysfs import SYS, nvme_namespaces, nvme_q
 VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}\Z")  # \Z: $ would pass a trailing newline
 
 SYSTEM_MOUNTS = ("/", "/boot", "/boot/efi", "/usr", "/var")
-# Where a fresh file system mounted over the directory would hide what the system runs on.
-SYSTEM_MOUNT_POINTS = frozenset(SYSTEM_MOUNTS) | {
-    *("/bin", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc", "/root", "/run", "/sbin", "/sys"),
-    *("/usr/local", "/var/lib", "/var/log"),
-}
+# Where a fresh file system mounted over the directory would hide what the system runs on: these
+# directories themselves, and anything below the trees of the second set (/var/lib/docker and
+# /home/data stay possible).
+SYSTEM_MOUNT_POINTS = frozenset(SYSTEM_MOUNTS) | {"/home", "/opt", "/root", "/srv", "/var/lib", "/var/log"}
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run", "/sbin", "/sys", "/usr")
+# File systems that hold no local disk: a diskless node's root is one of them.
+NO_LOCAL_DISK = frozenset(
+    {"nfs", "nfs4", "tmpfs", "ramfs", "rootfs", "overlay", "cifs", "smb3", "9p", "virtiofs", "ceph", "lustre"}
+)
 
 
 class Refused(Exception):
@@ -180,9 +186,9 @@ class Refused(Exception):
 
 
 class NvmeStorage:
-    def __init__(self, module, sys_root=SYS, mountinfo="/proc/self/mountinfo", swaps="/proc/swaps"):
+    def __init__(self, module, sys_root=SYS, mountinfo="/proc/self/mountinfo", swaps="/proc/swaps", dev_root="/dev"):
         self.module = module
-        self.sys_root, self.mountinfo, self.swaps = sys_root, mountinfo, swaps
+        self.sys_root, self.mountinfo, self.swaps, self.dev_root = sys_root, mountinfo, swaps, dev_root
         self.params = module.params
         self.check_mode = module.check_mode
         self.actions = []
@@ -207,22 +213,32 @@ class NvmeStorage:
     def system_disks(self):
         """The disks under /, /boot, /usr, /var and swap, found by device number (/dev/root names none)."""
         disks = set()
-        for target, number, source in mounts(self.mountinfo):
+        for target, number, source, fstype in mounts(self.mountinfo):
             if target not in SYSTEM_MOUNTS:
                 continue
             name = by_devno(number, self.sys_root) or device_name(source, self.sys_root)
             if name:
-                disks |= base_disks(name, self.sys_root)
-            elif source.startswith("/dev/"):
+                # A btrfs file system spans every device of it, the one mountinfo names being only one.
+                for member in btrfs_members(name, self.sys_root) if fstype == "btrfs" else [name]:
+                    disks |= base_disks(member, self.sys_root)
+            elif source.startswith("/dev/") or not (fstype in NO_LOCAL_DISK or fstype.startswith("fuse")):
                 raise Refused(
-                    f"cannot tell which disk holds {target} (source {source}, device {number}): "
+                    f"cannot tell which disk holds {target} ({fstype} {source}, device {number}): "
                     "no device is selected without knowing the system disks"
                 )
         with open(self.swaps) as swaps:
             for line in list(swaps)[1:]:
-                name = device_name(line.split()[0], self.sys_root)
-                if name:
-                    disks |= base_disks(name, self.sys_root)
+                path, kind = line.split()[:2]
+                if kind == "file":  # the disk under a swap file is that of its file system
+                    stat = os.stat(path)
+                    name = by_devno(f"{os.major(stat.st_dev)}:{os.minor(stat.st_dev)}", self.sys_root)
+                    if name is None and stat.st_dev == os.stat("/").st_dev:
+                        continue  # on the root file system, counted above
+                else:
+                    name = device_name(path, self.sys_root)
+                if not name:
+                    raise Refused(f"cannot tell which disk holds the swap {path}: no device is selected")
+                disks |= base_disks(name, self.sys_root)
         return disks
 
     def signatures(self, device):
@@ -234,6 +250,7 @@ class NvmeStorage:
         ]
         found += [f"partition {name}" for name in partitions(device, self.sys_root)]
         found += [f"held by {name}" for name in holders(device, self.sys_root)]
+        found += [f"backs {name}" for name in self.loops(device)]
         return found
 
     def health(self, controller):
@@ -251,10 +268,17 @@ class NvmeStorage:
             "media_errors": int(log.get("media_errors", 0)),
         }
 
+    def loops(self, device):
+        """Loop devices on a disk or its partitions: loop registers no holder, so nothing else shows them."""
+        names = [device, *partitions(device, self.sys_root)]
+        return [loop for name in names for loop in loops_on(name, self.sys_root)]
+
     def discover(self):
         system = self.system_disks()
         devices = []
         for namespace in nvme_namespaces(self.sys_root):
+            if not namespace["serial"]:
+                raise Refused(f"{namespace['name']}: the serial of its controller cannot be read")
             devices.append(
                 {
                     **namespace,
@@ -263,13 +287,27 @@ class NvmeStorage:
                     "health": self.health(namespace["controller"]),
                 }
             )
+        # Another path to a system namespace (dual port, native multipath off) is the system too.
+        system_ids = {(k, d[k]) for d in devices if d["system"] for k in ("serial", "nguid", "eui64") if d.get(k)}
+        for device in devices:
+            device["system"] = device["system"] or any((k, device.get(k)) in system_ids for k in ("nguid", "eui64"))
+            device["system"] = device["system"] or ("serial", device["serial"]) in system_ids
         return devices
 
     def filesystem(self, path):
-        """(TYPE, UUID) of what blkid finds on a device, probing it rather than its cache."""
-        rc, out, _ = self.run(["blkid", "-p", "-o", "export", path], check_rc=False)
-        values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line) if rc == 0 else {}
-        return values.get("TYPE"), values.get("UUID")
+        """(TYPE, UUID) of what blkid finds on a device, probing it rather than its cache.
+
+        Exit 2 alone means nothing was found; anything else blkid cannot tell (8: two signatures)
+        stops the run. A partition table counts as a TYPE.
+        """
+        rc, out, err = self.run(["blkid", "-p", "-o", "export", path], check_rc=False)
+        if rc == 2:
+            return None, None
+        if rc != 0:
+            raise Refused(f"blkid cannot tell what {path} holds (exit {rc}): {err.strip() or out.strip()}")
+        values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        table = values.get("PTTYPE")
+        return values.get("TYPE") or (f"{table} partition table" if table else None), values.get("UUID")
 
     # --- deciding ----------------------------------------------------------------------
 
@@ -285,12 +323,14 @@ class NvmeStorage:
         if chunk & (chunk - 1) or not 4 <= chunk <= 65536:
             raise Refused(f"volume {name}: chunk_kib {chunk} is not a power of two from 4 to 65536")
         mount_point = volume["mount_point"]
+        if re.search(r"[\s\x00-\x1f\x7f]", mount_point):  # fstab separates fields by blanks
+            raise Refused(f"volume {name}: mount_point {mount_point!r} holds a blank or control character")
         if not os.path.isabs(mount_point) or mount_point == "/":
             raise Refused(f"volume {name}: mount_point {mount_point!r} is not an absolute path below /")
         normal = "/" + os.path.normpath(mount_point).lstrip("/")
         if normal != mount_point:
             raise Refused(f"volume {name}: mount_point {mount_point!r} is not in its plain form; write {normal!r}")
-        if normal in SYSTEM_MOUNT_POINTS:
+        if normal in SYSTEM_MOUNT_POINTS or any(normal == t or normal.startswith(t + "/") for t in SYSTEM_TREES):
             raise Refused(f"volume {name}: mount_point {normal} belongs to the system; a new file system would hide it")
 
     @staticmethod
@@ -309,7 +349,12 @@ class NvmeStorage:
                 raise Refused(f"volume {name}: a selected controller has several namespaces; select them by name")
             return [by_serial[serial][0] for serial in volume["serials"]]
         if volume.get("model_pattern"):
-            pattern = re.compile(volume["model_pattern"])
+            try:
+                pattern = re.compile(volume["model_pattern"])
+            except re.error as error:
+                raise Refused(
+                    f"volume {name}: model_pattern {volume['model_pattern']!r} is no regular expression: {error}"
+                ) from None
             picked = [d for d in devices if pattern.search(d["model"] or "") and not d["system"]]
             if not picked:
                 raise Refused(f"volume {name}: model_pattern {volume['model_pattern']!r} matches no NVMe device")
@@ -321,11 +366,19 @@ class NvmeStorage:
         names = [volume["name"] for volume in self.params["volumes"]]
         if len(set(names)) != len(names):
             raise Refused(f"volume names must be unique: {', '.join(names)}")
+        mount_points = sorted(volume["mount_point"] for volume in self.params["volumes"])
+        for upper, lower in [(mount_points[i - 1], mount_points[i]) for i in range(1, len(mount_points))]:
+            if lower == upper or lower.startswith(upper.rstrip("/") + "/"):
+                raise Refused(f"mount points {upper} and {lower}: one volume would be mounted over or inside another")
         claimed, chosen, identities = {}, {}, {}
         # Explicit selections first, so that 'all' means every device no other volume names.
         for volume in sorted(self.params["volumes"], key=lambda v: bool(v.get("all"))):
             self.check_volume(volume)
             picked = self.pick(volume, devices, claimed)
+            if not picked:
+                raise Refused(
+                    f"volume {volume['name']}: selects no device (every one is the system's or another volume's)"
+                )
             for device in picked:
                 # One namespace under two names would be striped with itself, and opting in its
                 # serial would wipe both paths.
@@ -356,13 +409,21 @@ class NvmeStorage:
 
     def existing_array(self, volume):
         """The running md array named after the volume, with its members' serials, or None."""
-        link = f"/dev/md/{volume['name']}"
+        link = os.path.join(self.dev_root, "md", volume["name"])
         if not os.path.exists(link):
             return None
         kernel = os.path.basename(os.path.realpath(link))
         info = md_arrays(self.sys_root).get(kernel)
         if info is None:
             return None
+        if info["chunk_bytes"] is None or info["raid_disks"] is None or info["level"] is None:
+            raise Refused(f"volume {volume['name']}: {link} ({kernel}): its level or geometry cannot be read")
+        if len(info["members"]) < info["raid_disks"]:
+            # What the missing members held cannot be checked: never destroyed on the others' opt-in.
+            raise Refused(
+                f"volume {volume['name']}: {link} is degraded ({len(info['members'])} of {info['raid_disks']} "
+                "members present); assemble or remove it yourself first"
+            )
         # Members may be partitions or other disks: name them by the NVMe devices under them, if any.
         by_name = {d["name"]: d for d in self.all_devices}
         serials = sorted(by_name[m]["serial"] if m in by_name else m for m in info["members"])
@@ -370,6 +431,12 @@ class NvmeStorage:
 
     def plan_wipe(self, volume, devices, reason):
         """Wipe devices that carry data, if every one of them is opted in; else refuse."""
+        for device in devices:
+            if device["system"]:
+                raise Refused(
+                    f"volume {volume['name']}: {reason}, and {device['serial']} ({device['name']}) holds the system: "
+                    "it is never wiped, whatever nvme_storage_wipe_serials says"
+                )
         dirty = [d for d in devices if d["signatures"]]
         not_allowed = [d for d in dirty if d["serial"] not in self.params["wipe_serials"]]
         if not_allowed:
@@ -390,6 +457,12 @@ class NvmeStorage:
         """
         by_name = {d["name"]: d for d in self.all_devices}
         what = f"volume {volume['name']}: {device['serial']} ({device['name']})"
+        loops = self.loops(device["name"])
+        if loops:
+            raise Refused(
+                f"{what} backs {', '.join(loops)}, which this role does not take apart. Detach it yourself "
+                "(losetup --detach), then run again"
+            )
         for holder in stacked_on(device["name"], self.sys_root):
             node = os.path.join(self.sys_root, "class", "block", holder)
             if not os.path.isdir(os.path.join(node, "md")):
@@ -407,6 +480,11 @@ class NvmeStorage:
                         f"{what} is a member of {holder}, which also spans {disk}, not an NVMe device: "
                         f"wiping it would destroy {holder}. Take {holder} apart yourself first"
                     )
+                if other["system"]:
+                    raise Refused(
+                        f"{what} is a member of {holder}, which also spans {other['serial']} ({disk}), a disk of the "
+                        "system: it is never wiped"
+                    )
                 if other["serial"] not in self.params["wipe_serials"]:
                     raise Refused(
                         f"{what} is a member of {holder}, which also spans {other['serial']} ({disk}): wiping it "
@@ -423,7 +501,9 @@ class NvmeStorage:
             for holder in reversed(stacked_on(device["name"], self.sys_root)):
                 if holder not in stopped:
                     stopped.add(holder)
-                    for mount in self.mounts_of(holder):
+                    for mount in [
+                        m for name in [*partitions(holder, self.sys_root), holder] for m in self.mounts_of(name)
+                    ]:
                         self.change(["umount", mount])
                     self.change(["mdadm", "--stop", f"/dev/{holder}"])
             for name in [*partitions(device["name"], self.sys_root), device["name"]]:
@@ -436,7 +516,7 @@ class NvmeStorage:
         number = devno(device, self.sys_root)
         found = [
             target
-            for target, mounted, source in mounts(self.mountinfo)
+            for target, mounted, source, _ in mounts(self.mountinfo)
             # A device number names the disk; anonymous ones (0:N, btrfs) leave only the source path.
             if mounted == number or (mounted.startswith("0:") and device_name(source, self.sys_root) == device)
         ]

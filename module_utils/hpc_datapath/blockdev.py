@@ -65,7 +65,10 @@ def device_name(path, sys_root=SYS, dev_root="/dev"):
         real = os.path.realpath(path if os.path.isabs(path) else os.path.join(dev_root, path))
         st = os.stat(real)
     except OSError:
-        return None
+        # No device node (yet, or not in this mount namespace): /dev/<kernel name> still names it.
+        name = os.path.basename(path)
+        direct = os.path.dirname(path) in ("", dev_root)
+        return name if direct and os.path.exists(os.path.join(sys_root, "class", "block", name)) else None
     wanted = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
     for name in listdir(os.path.join(sys_root, "class", "block")):
         if read(os.path.join(sys_root, "class", "block", name, "dev")) == wanted:
@@ -89,7 +92,7 @@ def _unescape(field):
 
 
 def mounts(mountinfo="/proc/self/mountinfo"):
-    """(mount point, major:minor, source) of every mount, from mountinfo.
+    """(mount point, major:minor, source, fstype) of every mount, from mountinfo.
 
     The device number is what the kernel mounted: it names the disk where the source does not
     (/dev/root, a path since renamed).
@@ -97,8 +100,28 @@ def mounts(mountinfo="/proc/self/mountinfo"):
     with open(mountinfo) as handle:
         for line in handle:
             fields = line.split()
-            source = fields[fields.index("-", 6) + 2]
-            yield _unescape(fields[4]), fields[2], _unescape(source)
+            dash = fields.index("-", 6)
+            yield _unescape(fields[4]), fields[2], _unescape(fields[dash + 2]), fields[dash + 1]
+
+
+def btrfs_members(device, sys_root=SYS):
+    """Every device of the btrfs file system that has this device among its members."""
+    base = os.path.join(sys_root, "fs", "btrfs")
+    for fsid in listdir(base):
+        members = listdir(os.path.join(base, fsid, "devices"))
+        if device in members:
+            return members
+    return [device]
+
+
+def loops_on(device, sys_root=SYS):
+    """Loop devices whose backing file is this block device (loop registers no holder)."""
+    found = []
+    for name in listdir(os.path.join(sys_root, "block")):
+        backing = read(os.path.join(sys_root, "block", name, "loop", "backing_file"))
+        if backing and os.path.basename(backing) == device and os.path.dirname(backing) == "/dev":
+            found.append(name)
+    return found
 
 
 def md_arrays(sys_root=SYS):

@@ -158,7 +158,7 @@ def test_dev_root_marks_the_system_disk(node):
 
 def test_unresolvable_system_mount_stops_the_run(node, tmp_path):
     node.mountinfo.write_text("20 1 8:99 / / rw - ext4 /dev/gone rw\n")
-    refused(node, r"cannot tell which disk holds / \(source /dev/gone, device 8:99\)", volume(serials=["S1"]))
+    refused(node, r"cannot tell which disk holds / \(ext4 /dev/gone, device 8:99\)", volume(serials=["S1"]))
 
 
 def test_array_on_partitions_needs_every_disk_opted_in(node):
@@ -305,3 +305,178 @@ def test_with_the_opt_in_the_remnant_is_overwritten(node):
     module, storage = run_for_real(node, wipe_serials=["S1", "S3"])
     storage.apply()
     assert ["mkfs.xfs", "-q", "-L", "scratch", "-d", "su=512k,sw=2", "-f", "/dev/md/scratch"] in module.commands
+
+
+# --- Found by trying to break it: each of these planned a destructive command or crashed ---------
+
+
+def plan_on(node, *volumes, dev_root=None, **params):
+    module = FakeModule({"volumes": list(volumes), **params})
+    args = (str(node.sys), str(node.mountinfo), str(node.swaps))
+    storage = nvme.NvmeStorage(module, *args, dev_root=str(dev_root)) if dev_root else nvme.NvmeStorage(module, *args)
+    return module, storage
+
+
+def refused_on(node, match, *volumes, dev_root=None, **params):
+    _, storage = plan_on(node, *volumes, dev_root=dev_root, **params)
+    with pytest.raises(nvme.Refused, match=match):
+        storage.apply()
+    assert storage.actions == [], "a refusal comes before any action"
+
+
+def test_the_system_disk_under_the_volumes_array_is_never_wiped(node, tmp_path):
+    node.mount("/boot", "nvme0n1p1")
+    node.stacked("md127", ["nvme0n1p2", "nvme1n1"])
+    (tmp_path / "dev/md").mkdir(parents=True)
+    (tmp_path / "dev/md127").touch()
+    (tmp_path / "dev/md/scratch").symlink_to(tmp_path / "dev/md127")
+    refused_on(
+        node,
+        r"S0 \(nvme0n1\) holds the system: it is never wiped, whatever nvme_storage_wipe_serials says",
+        volume(serials=["S1", "S2"]),
+        dev_root=tmp_path / "dev",
+        wipe_serials=["S0", "S1", "S2", "S3"],
+    )
+
+
+def test_an_array_reaching_a_system_disk_is_never_stopped(node):
+    node.stacked("md127", ["nvme0n1p1", "nvme1n1"])
+    refused_on(
+        node,
+        r"S1 \(nvme1n1\) is a member of md127, which also spans S0 \(nvme0n1\), a disk of the system",
+        volume(serials=["S1"]),
+        wipe_serials=["S0", "S1"],
+    )
+
+
+def test_a_second_path_to_the_system_namespace_is_the_system_too(tmp_path):
+    node = Node(tmp_path)
+    node.nvme(0, "S0", parts=["nvme0n1p1"], nguid="6e7b1c00-0000-0000-0000-0000000000aa")
+    node.nvme(1, "S0B", parts=["nvme1n1p1"], nguid="6e7b1c00-0000-0000-0000-0000000000aa")
+    node.nvme(2, "S2")
+    node.mount("/", "nvme0n1p1", source="/dev/root")
+    _, result = plan(node, volume(all=True), wipe_serials=["S0", "S0B"])
+    assert {d["name"]: d["system"] for d in result["devices"]} == {"nvme0n1": True, "nvme1n1": True, "nvme2n1": False}
+    assert [d["name"] for d in result["volumes"][0]["devices"]] == ["nvme2n1"]
+
+
+def test_a_device_backing_a_loop_device_is_not_taken(node):
+    write(node.sys / "devices/virtual/block/loop0/loop/backing_file", "/dev/nvme2n1")
+    link(node.sys / "block/loop0", str(node.sys / "devices/virtual/block/loop0"))
+    refused(node, r"S2 \(nvme2n1\): backs loop0", volume(serials=["S2"]))
+    refused(
+        node,
+        r"S2 \(nvme2n1\) backs loop0, which this role does not take apart",
+        volume(serials=["S2"]),
+        wipe_serials=["S2"],
+    )
+
+
+def test_blkid_that_cannot_tell_stops_the_run(node):
+    class Ambivalent(RemnantModule):
+        def run_command(self, args):
+            if args[0] == "blkid" and args[-1] == "/dev/md/scratch":
+                self.commands.append(args)
+                return 8, "", "ambivalent result (probably more filesystems on the device)"
+            return super().run_command(args)
+
+    module = Ambivalent({"volumes": [volume(serials=["S1", "S3"])]})
+    storage = nvme.NvmeStorage(module, str(node.sys), str(node.mountinfo), str(node.swaps))
+    with pytest.raises(nvme.Refused, match=r"blkid cannot tell what /dev/md/scratch holds \(exit 8\)"):
+        storage.apply()
+    assert not any(c[0].startswith("mkfs") for c in module.commands)
+
+
+@pytest.mark.parametrize(
+    ("mountinfo", "outcome"),
+    [
+        ("20 1 0:31 / / rw - zfs rpool/ROOT/debian rw", r"cannot tell which disk holds / \(zfs rpool/ROOT/debian"),
+        ("20 1 0:22 / / rw - nfs4 10.0.0.1:/roots/n1 rw", None),  # a diskless node: no local system disk
+        ("20 1 0:23 / / rw - tmpfs tmpfs rw", None),
+    ],
+)
+def test_root_without_a_disk_is_fine_and_root_on_unknown_disks_stops(tmp_path, mountinfo, outcome):
+    node = Node(tmp_path)
+    node.nvme(1, "S1")
+    node.mountinfo.write_text(mountinfo + "\n")
+    if outcome:
+        refused_on(node, outcome, volume(all=True))
+    else:
+        assert [d["serial"] for d in plan(node, volume(all=True))[1]["volumes"][0]["devices"]] == ["S1"]
+
+
+def test_every_device_of_a_btrfs_root_is_the_system(tmp_path):
+    node = Node(tmp_path)
+    node.nvme(1, "S1")
+    node.nvme(2, "S2")
+    node.nvme(3, "S3")
+    for member in ("nvme1n1", "nvme2n1"):
+        link(node.sys / "fs/btrfs/f00d/devices" / member, str(node.sys / "class/block" / member))
+    node.mountinfo.write_text("20 1 0:33 / / rw - btrfs /dev/nvme1n1 rw\n")
+    result = plan(node, volume(all=True))[1]
+    assert [d["serial"] for d in result["volumes"][0]["devices"]] == ["S3"]
+
+
+def test_a_swap_that_cannot_be_resolved_stops_the_run(node):
+    node.swaps.write_text("Filename\tType\tSize\tUsed\tPriority\n/dev/disk/by-id/gone-part1 partition 1 0 -2\n")
+    refused_on(node, "cannot tell which disk holds the swap /dev/disk/by-id/gone-part1", volume(all=True))
+
+
+def test_a_mounted_partition_of_a_stacked_array_is_unmounted_before_the_array_stops(node):
+    node.stacked("md127", ["nvme2n1", "nvme3n1"])
+    node.partition("md127", "md127p1")
+    node.mount("/data", "md127p1")
+    storage, _ = plan(node, volume(serials=["S2", "S3"]), wipe_serials=["S2", "S3"])
+    assert storage.actions[:2] == ["umount /data", "mdadm --stop /dev/md127"]
+
+
+@pytest.mark.parametrize(
+    ("volumes", "message"),
+    [
+        ([volume(model_pattern="[")], r"model_pattern '\[' is no regular expression"),
+        (
+            [volume(serials=["S1", "S2", "S3"]), volume(name="b", all=True, mount_point="/b")],
+            "volume b: selects no device",
+        ),
+        ([volume(serials=["S1"], mount_point="/sys/fs/cgroup")], "mount_point /sys/fs/cgroup belongs to the system"),
+        ([volume(serials=["S1"], mount_point="/usr/lib")], "mount_point /usr/lib belongs to the system"),
+        ([volume(serials=["S1"], mount_point="/boot/grub")], "mount_point /boot/grub belongs to the system"),
+        ([volume(serials=["S1"], mount_point="/scratch\n")], r"mount_point '/scratch\\n' holds a blank or control"),
+        ([volume(serials=["S1"], mount_point="/my data")], "mount_point '/my data' holds a blank"),
+        (
+            [volume(serials=["S1"]), volume(name="b", serials=["S2"], mount_point="/scratch/disk0")],
+            "mount points /scratch and /scratch/disk0: one volume would be mounted over or inside another",
+        ),
+        ([volume(serials=["S1"]), volume(name="b", serials=["S2"])], "mount points /scratch and /scratch: one volume"),
+    ],
+)
+def test_more_bad_input_is_refused(node, volumes, message):
+    refused_on(node, message, *volumes)
+
+
+def test_mount_points_below_var_and_home_stay_possible(node):
+    result = plan(node, volume(serials=["S1"], mount_point="/var/lib/docker"))[1]
+    assert result["volumes"][0]["targets"][0]["mount_point"] == "/var/lib/docker"
+
+
+def test_an_unreadable_serial_stops_the_run(tmp_path):
+    node = Node(tmp_path)
+    node.nvme(1, "S1")
+    (node.sys / "devices/pci0000:00/0000:00:01.0/nvme/nvme1/serial").unlink()
+    node.mountinfo.write_text("")
+    refused_on(node, "nvme1n1: the serial of its controller cannot be read", volume(all=True))
+
+
+def test_a_degraded_array_is_not_destroyed_on_the_present_members_opt_in(node, tmp_path):
+    node.stacked("md127", ["nvme1n1"])
+    write(node.sys / "devices/virtual/block/md127/md/raid_disks", "2")
+    (tmp_path / "dev/md").mkdir(parents=True)
+    (tmp_path / "dev/md127").touch()
+    (tmp_path / "dev/md/scratch").symlink_to(tmp_path / "dev/md127")
+    refused_on(
+        node,
+        r"/dev/md/scratch is degraded \(1 of 2 members present\)",
+        volume(serials=["S1", "S2"]),
+        dev_root=tmp_path / "dev",
+        wipe_serials=["S1", "S2"],
+    )
