@@ -714,6 +714,8 @@ class NvmeStorage:
         chosen = self.select(devices)
         self.check_tuning([d for picked in chosen.values() for d in picked])
         result = {"devices": devices, "volumes": []}
+        for volume in self.params["volumes"]:
+            self.check_other_layout(volume, chosen[volume["name"]])
         # The queues first: a write the kernel refuses then fails before any array or file system is made.
         self.tune([d for picked in chosen.values() for d in picked], [])
         for volume in self.params["volumes"]:
@@ -721,11 +723,7 @@ class NvmeStorage:
             built = self.raid0(volume, picked) if volume["layout"] == "raid0" else self.single(volume, picked)
             self.tune([], [built["md"]["device"]] if built["md"] else [])
             # Where the other layout would mount, so the role can drop what a layout change left in fstab.
-            other = (
-                [f"{volume['mount_point']}/disk{i}" for i in range(len(picked))]
-                if volume["layout"] == "raid0"
-                else [volume["mount_point"]]
-            )
+            other = self.other_layout_mount_points(volume, picked)
             result["volumes"].append(
                 {
                     "name": volume["name"],
@@ -736,6 +734,25 @@ class NvmeStorage:
                 }
             )
         return result
+
+    @staticmethod
+    def other_layout_mount_points(volume, picked):
+        """Where the other layout would mount, so the role can drop what a layout change left in fstab."""
+        if volume["layout"] == "raid0":
+            return [f"{volume['mount_point']}/disk{i}" for i in range(len(picked))]
+        return [volume["mount_point"]]
+
+    def check_other_layout(self, volume, picked):
+        """The role unmounts the other layout's mount points: refuse where something else is mounted there."""
+        wanted = set(self.other_layout_mount_points(volume, picked))
+        own = {d["name"] for d in picked}
+        for target, number, source, _ in mounts(self.mountinfo):
+            name = by_devno(number, self.sys_root) if target in wanted else None
+            if target in wanted and not (name and base_disks(name, self.sys_root) <= own):
+                raise Refused(
+                    f"volume {volume['name']}: {target} holds {source}, which is not on this volume's devices; "
+                    "changing the layout would unmount it"
+                )
 
     def apply(self):
         """Plan everything first, touching nothing, so that a refusal anywhere leaves the node as it was."""

@@ -480,3 +480,12 @@ def test_a_degraded_array_is_not_destroyed_on_the_present_members_opt_in(node, t
         dev_root=tmp_path / "dev",
         wipe_serials=["S1", "S2"],
     )
+
+
+def test_a_layout_change_never_unmounts_another_file_system(node):
+    node.mount("/scratch", "sda")  # someone else's disk where a raid0 volume would have been
+    refused_on(
+        node,
+        r"volume scratch: /scratch holds /dev/sda, which is not on this volume's devices",
+        volume(layout="single", serials=["S1"]),
+    )
