@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
 
 from ansible.errors import AnsibleActionFail, AnsibleFilterError
 from ansible.plugins.action import ActionBase
@@ -26,12 +29,33 @@ CHANGE_FACT = "__roce_ipam_change"
 
 ARGUMENT_SPEC = {
     "pools": {"type": "list", "elements": "dict", "required": True},
-    "ledger_path": {"type": "path", "required": True},
+    "ledger_path": {"type": "str", "required": True},
+    "ledger_init": {"type": "bool", "default": False},
+    "mode": {"type": "str", "choices": ["allocate", "verify"], "default": "allocate"},
     "hosts": {"type": "list", "elements": "str", "required": True},
     "rails_variable": {"type": "str", "default": "roce_rails"},
     "aligned": {"type": "bool", "default": False},
-    "release": {"type": "list", "elements": "dict", "default": []},
+    # A list of {host[, device]} or 'host[/device]', or one string of names (an AWX survey).
+    "release": {"type": "raw", "default": []},
+    "release_hold": {"type": "int", "default": 0},
+    "job_slice_count": {"type": "int", "default": 1},
 }
+
+# A relative ledger path names a file of the project (the directory holding ansible.cfg,
+# playbooks/ and inventories/, this plugin's parent), never one under the inventory's directory
+# or the current one: under AWX the inventory is a copy elsewhere.
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def ledger_file(path):
+    """The ledger's path as configured, made absolute against the project; '' is refused."""
+    if not path:
+        raise AnsibleActionFail(
+            "roce_ipam_ledger_path is not set: the inventory names its ledger "
+            "(inventories/<env>/ipam/roce-ledger.yml, relative to the project; roles/roce_ipam/README.md)"
+        )
+    path = os.path.expanduser(path)
+    return path if os.path.isabs(path) else str(PROJECT / path)
 
 
 def _filter(name):
@@ -102,26 +126,50 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         del tmp
         _, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        if args["job_slice_count"] > 1:
+            raise AnsibleActionFail(
+                f"the IPAM play refuses a sliced job (awx_job_slice_count={args['job_slice_count']}): each slice "
+                "sees part of the inventory, and an allocation from a part moves addresses. Set the job "
+                "template's job slicing to 1 (docs/awx.md)"
+            )
         if not args["pools"]:  # IPAM is not used here: every host reads no addresses
             result.update(changed=False, allocations=0, ansible_facts=published({}))
             return result
 
+        path = ledger_file(args["ledger_path"])
+        verify = args["mode"] == "verify"
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
             requests = _filter("roce_ipam_requests")(task_vars["hostvars"], args["hosts"], args["rails_variable"])
-            text = read_ledger_text(args["ledger_path"])
-            base = None if text is None else _filter("roce_ipam_ledger")(text)
+            text = read_ledger_text(path)
+            if text is None and (verify or not args["ledger_init"]):
+                raise AnsibleActionFail(missing_ledger(path, verify))
+            base = None if text is None else read_ledger(path, text)
             allocated = _filter("roce_ipam_assign")(
-                base, args["pools"], requests, release=args["release"], aligned=args["aligned"]
+                base,
+                args["pools"],
+                requests,
+                release=args["release"],
+                aligned=args["aligned"],
+                hold_days=args["release_hold"],
+                now=now,
             )
         except AnsibleFilterError as error:
             raise AnsibleActionFail(str(error)) from error
 
-        ledger_file = _module_python("ipam_ledger")
+        ledger_file_module = _module_python("ipam_ledger")
+        if verify:
+            return self._verify(result, path, base, allocated, ledger_file_module)
         try:
-            written = ledger_file.update_ledger(
-                args["ledger_path"], allocated["ledger"], base, bool(self._task.check_mode), bool(self._task.diff)
+            written = ledger_file_module.update_ledger(
+                path,
+                allocated["ledger"],
+                base,
+                bool(self._task.check_mode),
+                bool(self._task.diff),
+                base_text=text,
             )
-        except ledger_file.LedgerError as error:
+        except ledger_file_module.LedgerError as error:
             raise AnsibleActionFail(str(error)) from error
         result.update(
             changed=written["changed"],
@@ -134,3 +182,50 @@ class ActionModule(ActionBase):
         if "diff" in written:
             result["diff"] = written["diff"]
         return result
+
+    def _verify(self, result, path, base, allocated, ledger_file_module):
+        """Verify mode: nothing is written; any address the run would take or free fails it."""
+        old, new = ledger_file_module.entry_lines(base), ledger_file_module.entry_lines(allocated["ledger"])
+        added, removed = sorted(new - old), sorted(old - new)
+        if added or removed:
+            lines = [f"take {line}" for line in _shown(added)] + [f"free {line}" for line in _shown(removed)]
+            raise AnsibleActionFail(
+                f"verify mode: the ledger {path} is not up to date: allocation would take {len(added)} and free "
+                f"{len(removed)} address(es). Allocate where the ledger is written (roce_ipam_mode: allocate), "
+                "commit it, and run again. Would change:\n" + "\n".join(lines),
+                result={"added": added, "removed": removed},
+            )
+        result.update(
+            changed=False,
+            path=path,
+            allocations=len(allocated["ledger"]["allocations"]),
+            added=[],
+            removed=[],
+            ansible_facts=published(allocated["allocations"]),
+        )
+        return result
+
+
+def missing_ledger(path, verify):
+    if verify:
+        return (
+            f"verify mode: the ledger {path} does not exist; nothing to verify against (it is written and "
+            "committed where allocation runs)"
+        )
+    return (
+        f"the ledger {path} does not exist, and pools are defined: stopping rather than starting from an empty "
+        "ledger, which would hand out addresses live hosts hold. Check roce_ipam_ledger_path; for the very first "
+        "run of a new inventory, pass -e roce_ipam_ledger_init=true"
+    )
+
+
+def read_ledger(path, text):
+    """The ledger's data, checked to the letter; anything else fails naming the file and what is wrong."""
+    try:
+        return _filter("roce_ipam_ledger")(text)
+    except AnsibleFilterError as error:
+        reason = getattr(error, "reason", None) or str(error)
+        raise AnsibleActionFail(
+            f"the ledger {path} {reason}. Stopping: a ledger that cannot be read exactly is never taken as empty, "
+            "and nothing was written. Restore it (git) and rerun"
+        ) from error

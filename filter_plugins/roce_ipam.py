@@ -19,6 +19,7 @@ import re
 import socket
 from bisect import bisect_right
 from collections import defaultdict
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from itertools import pairwise
 
@@ -28,6 +29,7 @@ from ansible.errors import AnsibleFilterError
 from ansible.vars.plugins import get_vars_from_inventory_sources, get_vars_from_path
 
 LEDGER_VERSION = 1
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # released_at, UTC
 _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 _WIDTH = {4: 4, 6: 16}
 
@@ -251,20 +253,15 @@ def _load_ledger(ledger, pools):
     """({(pool, host, device): address}, {key: its text}) from a ledger, refusing anything inconsistent."""
     if ledger is None:
         return {}, {}
-    if not isinstance(ledger, dict) or ledger.get("version") != LEDGER_VERSION:
-        _fail(f"the ledger must be a mapping with version: {LEDGER_VERSION}")
-    entries = ledger.get("allocations") or []
-    if not isinstance(entries, list):
-        _fail("ledger allocations must be a list")
+    if type(ledger) is not _CheckedLedger:
+        ledger = check_ledger(ledger)
+    entries = ledger["allocations"]
     held, texts = {}, {}
     holder_of = {}  # (pool, address) -> (host, device)
     pool_of_key = {}  # (host, device) -> pool
     problems = defaultdict(list)  # (pool, what is wrong) -> the entries concerned
-    for position, entry in enumerate(entries):
-        try:
-            pool_name, host, device, text = str(entry["pool"]), str(entry["host"]), str(entry["device"]), entry["ip"]
-        except (KeyError, TypeError):
-            _fail(f"ledger allocations[{position}] needs pool, host, device and ip")
+    for entry in entries:
+        pool_name, host, device, text = entry["pool"], entry["host"], entry["device"], entry["ip"]
         pool = pools.get(pool_name)
         if pool is None:
             problems[(pool_name, "names a pool that no longer exists")].append(f"{host}/{device}")
@@ -323,20 +320,89 @@ def _load_requests(requests, pools):
     return wanted
 
 
-def _apply_release(held, release):
-    if release is None:
-        return dict(held)
-    if not isinstance(release, list):
-        _fail("release must be a list of {host} or {host, device}")
-    hosts, keys = set(), set()
-    for position, item in enumerate(release):
-        if not isinstance(item, dict) or "host" not in item:
-            _fail(f"release[{position}] needs a host")
-        if item.get("device") is None:
-            hosts.add(str(item["host"]))
+# A release typed as text (an AWX survey): "node9, node10/mlx5_3" or one a line. Host names as
+# Ansible's inventory takes them without ranges; device names as the kernel takes them.
+_RELEASE_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*\Z")
+_RELEASE_DEVICE = re.compile(r"[A-Za-z0-9_.-]{1,63}\Z")
+_RELEASE_SEPARATORS = re.compile(r"[\s,]+")
+
+
+def parse_release(release):
+    """[(host, device or None)] from roce_ipam_release: a list of {host[, device]} or of 'host[/device]'
+    strings, or one string of such names separated by commas, spaces or new lines."""
+    if release is None or release == "":
+        return []
+    if isinstance(release, str):
+        items = [token for token in _RELEASE_SEPARATORS.split(release) if token]
+    elif isinstance(release, list):
+        items = release
+    else:
+        _fail(f"roce_ipam_release: a {type(release).__name__} is neither host names nor a list of {{host, device}}")
+    keys = []
+    for position, item in enumerate(items):
+        if isinstance(item, str):
+            host, _, device = item.partition("/")
+            device = device if "/" in item else None
+        elif isinstance(item, dict) and "host" in item and set(item) <= {"host", "device"}:
+            host, device = item["host"], item.get("device")
         else:
-            keys.add((str(item["host"]), str(item["device"])))
-    return {key: address for key, address in held.items() if key[1] not in hosts and (key[1], key[2]) not in keys}
+            _fail(f"roce_ipam_release[{position}]: {item!r} is neither 'host', 'host/device' nor {{host, device}}")
+        if not isinstance(host, str) or not _RELEASE_HOST.match(host):
+            _fail(f"roce_ipam_release: {item!r}: the host name {host!r} is not one an inventory holds")
+        if device is not None and (not isinstance(device, str) or not _RELEASE_DEVICE.match(device)):
+            _fail(f"roce_ipam_release: {item!r}: the device name {device!r} is not 1 to 63 of A-Z a-z 0-9 _ . -")
+        keys.append((host, device))
+    return keys
+
+
+def _apply_release(held, release, released_entries):
+    """The held keys less those released; a name that holds nothing and was never released fails."""
+    keys = parse_release(release)
+    if not keys:
+        return dict(held)
+    hosts = {host for host, device in keys if device is None}
+    devices = {(host, device) for host, device in keys if device is not None}
+    holding_hosts = {key[1] for key in held}
+    holding_keys = {(key[1], key[2]) for key in held}
+    gone = {(entry["host"], entry["device"]) for entry in released_entries}
+    gone_hosts = {host for host, _ in gone}
+    unknown = sorted(host for host in hosts - holding_hosts - gone_hosts)
+    unknown += sorted(f"{host}/{device}" for host, device in devices - holding_keys - gone)
+    if unknown:
+        _fail(
+            f"roce_ipam_release names what holds no address in the ledger: {', '.join(unknown)} "
+            "(a typo? nothing was released)"
+        )
+    return {key: address for key, address in held.items() if key[1] not in hosts and (key[1], key[2]) not in devices}
+
+
+def _load_released(ledger, pools, held, now, hold):
+    """The released entries still held back at `now` (all of them without a clock); their
+    addresses are taken in their pools, so that search never hands them out."""
+    if ledger is None:
+        return []
+    entries = ledger.get("released", [])
+    limit = None if now is None else now - hold
+    holder_of = {(key[0], address): key for key, address in held.items()}
+    kept, seen = [], set()
+    for entry in entries:
+        if limit is not None and datetime.strptime(entry["released_at"], TIME_FORMAT).replace(tzinfo=UTC) <= limit:
+            continue  # held long enough: free again
+        pool = pools.get(entry["pool"])
+        if pool is not None:
+            address = _ledger_address(pool, entry["host"], entry["device"], entry["ip"])
+            if (pool.name, address) in holder_of:
+                other = holder_of[(pool.name, address)]
+                _fail(
+                    f"pool {pool.name}: the ledger holds {entry['ip']} both for {other[1]}/{other[2]} and as "
+                    f"released by {entry['host']}/{entry['device']} at {entry['released_at']}"
+                )
+            if (pool.name, address) in seen:
+                _fail(f"pool {pool.name}: the ledger lists {entry['ip']} as released twice")
+            seen.add((pool.name, address))
+            pool.take(address)
+        kept.append(dict(entry))
+    return kept
 
 
 def _check_reservations(pools, held, wanted):
@@ -452,12 +518,14 @@ def _in_natural_order(wanted, held):
     return sorted(new, key=lambda item: (host_rank[item[0][0]], device_rank[item[0][1]]))
 
 
-def roce_ipam_assign(ledger, pools, requests, release=None, aligned=False):
+def roce_ipam_assign(ledger, pools, requests, release=None, aligned=False, *, hold_days=0, now=None):
     """Allocate an address for every request; see the module docstring and roce_ipam_assign.yml."""
     pools_by_name = _load_pools(pools)
     original, texts = _load_ledger(ledger, pools_by_name)
     wanted = _load_requests(requests, pools_by_name)
-    held = _apply_release(original, release)
+    clock, hold = _clock(now, hold_days)
+    released_before = [] if ledger is None else ledger.get("released", [])
+    held = _apply_release(original, release, released_before)
     for (pool_name, host, device), address in held.items():
         if wanted.get((host, device), pool_name) != pool_name:
             _fail(
@@ -465,6 +533,13 @@ def roce_ipam_assign(ledger, pools, requests, release=None, aligned=False):
                 f"but is requested from {wanted[(host, device)]}; release it first"
             )
         pools_by_name[pool_name].take(address)
+    released = _load_released(ledger, pools_by_name, held, clock, hold)
+    if hold and len(held) != len(original):
+        if clock is None:
+            _fail("releasing with a hold needs the time: pass now")
+        for key in sorted(original.keys() - held.keys()):
+            pools_by_name[key[0]].take(original[key])
+            released.append({"pool": key[0], "host": key[1], "device": key[2], "ip": texts[key], "released_at": now})
     _check_reservations(pools_by_name, held, wanted)
 
     new_keys = _in_natural_order(wanted, held)
@@ -472,6 +547,9 @@ def roce_ipam_assign(ledger, pools, requests, release=None, aligned=False):
     for (host, device), pool_name in new_keys:
         key = (pool_name, host, device)
         texts[key] = format_address(held[key], pools_by_name[pool_name].version)
+    if released and new_keys:  # a reservation takes its address even while it is held back
+        reserved_now = {(pool_name, texts[(pool_name, *key)]) for key, pool_name in new_keys}
+        released = [entry for entry in released if (entry["pool"], entry["ip"]) not in reserved_now]
 
     allocations = defaultdict(dict)
     for (host, device), pool_name in wanted.items():
@@ -483,16 +561,34 @@ def roce_ipam_assign(ledger, pools, requests, release=None, aligned=False):
             "gateway": pool.gateway_text,
         }
     entries = sorted(held.items(), key=lambda item: (item[0][0], item[1]))
+    new_ledger = {
+        "version": LEDGER_VERSION,
+        "allocations": [
+            {"pool": key[0], "host": key[1], "device": key[2], "ip": texts[key]} for key, _address in entries
+        ],
+    }
+    if released:
+        new_ledger["released"] = sorted(released, key=_released_order)
     return {
-        "ledger": {
-            "version": LEDGER_VERSION,
-            "allocations": [
-                {"pool": key[0], "host": key[1], "device": key[2], "ip": texts[key]} for key, _address in entries
-            ],
-        },
-        "changed": held != original,
+        "ledger": new_ledger,
+        "changed": held != original or new_ledger.get("released", []) != released_before,
         "allocations": dict(allocations),
     }
+
+
+def _released_order(entry):
+    return entry["pool"], entry["released_at"], natural_key(entry["host"]), natural_key(entry["device"])
+
+
+def _clock(now, hold_days):
+    """(now as an aware datetime or None, the hold as a timedelta), both checked."""
+    if isinstance(hold_days, bool) or not isinstance(hold_days, (int, float)) or hold_days < 0:
+        _fail(f"roce_ipam_release_hold: {hold_days!r} is not a number of days, 0 or more")
+    if now is None:
+        return None, timedelta(days=hold_days)
+    if not isinstance(now, str) or not _valid_time(now):
+        _fail(f"now: {now!r} is not a UTC time YYYY-MM-DDTHH:MM:SSZ")
+    return datetime.strptime(now, TIME_FORMAT).replace(tzinfo=UTC), timedelta(days=hold_days)
 
 
 def roce_ipam_requests(hostvars, hosts, rails_variable="roce_rails"):
@@ -612,69 +708,211 @@ def _may_be_templated(value):
     return False
 
 
-# --- the ledger file, read exactly as YAML reads it ---------------------------------------------
+# --- the ledger file, read exactly as YAML reads it, and checked to the letter ---------------------
 
-# The form ipam_ledger writes: a header of comments, version 1, one flow mapping per allocation.
-# A scalar is a single-quoted string of printable ASCII, or a plain one of these characters that
-# YAML reads as a string (checked with YAML's own resolver below).
+# The form ipam_ledger writes: a header of comments, version 1, one flow mapping per allocation,
+# then, when an address is held back after its release, one per release, and an end line that
+# counts both. A scalar is a single-quoted string of printable ASCII, or a plain one of these
+# characters that YAML reads as a string (checked with YAML's own resolver below).
 _SCALAR = r"([A-Za-z0-9_/][A-Za-z0-9_./-]*|'(?:[ -&(-~]|'')*')"
 _ENTRY = re.compile(rf"  - \{{pool: {_SCALAR}, host: {_SCALAR}, device: {_SCALAR}, ip: {_SCALAR}\}}\Z")
+_RELEASED_ENTRY = re.compile(
+    rf"  - \{{pool: {_SCALAR}, host: {_SCALAR}, device: {_SCALAR}, ip: {_SCALAR}, released_at: '([0-9TZ:-]*)'\}}\Z"
+)
 _COMMENT = re.compile(r"#[ -~]*\Z")
 _STRING_TAG = "tag:yaml.org,2002:str"
 
+ALLOCATION_FIELDS = ("pool", "host", "device", "ip")
+RELEASED_FIELDS = ("pool", "host", "device", "ip", "released_at")
+LEDGER_KEYS = ("version", "allocations", "released")
+# The header of every ledger written since the end line exists says so in this line (ipam_ledger's
+# HEADER): such a file without its end line was cut short.
+END_MARK = "# Its last line counts the entries"
+_END = re.compile(r"# end of ledger: (\d+) allocations?, (\d+) released\Z")
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\Z")
+
+
+class LedgerUnusable(AnsibleFilterError):
+    """The ledger is not exactly what this IPAM writes; .reason says what is wrong."""
+
+    def __init__(self, reason):
+        super().__init__(f"roce_ipam_ledger: the ledger {reason}")
+        self.reason = reason
+
+
+def end_line(allocations, released):
+    """The last line of a ledger file: how many entries it holds (a cut file lacks it)."""
+    return f"# end of ledger: {allocations} allocations, {released} released"
+
+
+class _CheckedLedger(dict):
+    """A ledger already checked by check_ledger (roce_ipam_assign does not check it again)."""
+
 
 def roce_ipam_ledger(text):
-    """The ledger file's data, exactly what YAML reads from the text (None for an empty file).
+    """The ledger file's data, checked: exactly {version: 1, allocations: [...]} (+ released).
 
-    The form ipam_ledger writes is read line by line, 40 times faster than a YAML parser (80,000
-    allocations: 0.3 s instead of 13 s); any other text, edited by hand say, is read by YAML.
+    Anything else fails, naming what is wrong: an empty or comment-only file, a missing, null or
+    misspelled key, an entry without its fields or with a value that is not a string, a file cut
+    short (its end line missing or counting other entries). The form ipam_ledger writes is read
+    line by line, 40 times faster than a YAML parser (80,000 allocations: 0.3 s instead of 13 s);
+    any other text, edited by hand say, is read by YAML and checked the same way.
     """
     if not isinstance(text, str):
         _fail(f"the ledger must be given as text, not {type(text).__name__}", "roce_ipam_ledger")
-    ledger = _read_written_form(text)
-    if ledger is not None:
-        return ledger
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        _fail(f"the ledger is not valid YAML: {error}", "roce_ipam_ledger")
-
-
-def _read_written_form(text):
-    """The ledger when the text is in the form ipam_ledger writes, else None (let YAML read it)."""
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()
+    last = lines[-1] if lines else ""
+    end = _END.match(last)
+    if end is None and any(line.startswith(END_MARK) for line in lines[:12]):
+        raise LedgerUnusable(
+            "has no end line ('# end of ledger: N allocations, M released'), which its header promises: "
+            "the file was cut short"
+        )
+    ledger = _read_written_form(text, lines)
+    if ledger is None:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise LedgerUnusable(f"is not valid YAML (cut short, or edited by hand?): {error}") from None
+        ledger = check_ledger(data)
+    else:
+        ledger = _CheckedLedger(ledger)
+    if end is not None:
+        counted = (int(end.group(1)), int(end.group(2)))
+        held = (len(ledger["allocations"]), len(ledger.get("released", ())))
+        if counted != held:
+            raise LedgerUnusable(
+                f"ends with a line counting {counted[0]} allocations and {counted[1]} released, but holds "
+                f"{held[0]} and {held[1]}: it was cut short or edited"
+            )
+    return ledger
+
+
+def check_ledger(data):
+    """The ledger data when it is exactly a ledger; LedgerUnusable naming what is wrong otherwise."""
+    if data is None:
+        raise LedgerUnusable("is empty: it holds no version and no allocations (a new ledger is 'allocations: []')")
+    if not isinstance(data, dict):
+        raise LedgerUnusable(f"is a {type(data).__name__}, not a mapping of version and allocations")
+    unknown = [key for key in data if key not in LEDGER_KEYS]
+    if unknown:
+        raise LedgerUnusable(
+            f"has the unknown top-level key(s) {', '.join(repr(key) for key in unknown)}; a ledger holds only "
+            "version, allocations and released"
+        )
+    for key in ("version", "allocations"):
+        if key not in data:
+            raise LedgerUnusable(f"has no '{key}'")
+    if isinstance(data["version"], bool) or not isinstance(data["version"], int) or data["version"] != LEDGER_VERSION:
+        raise LedgerUnusable(f"has version {data['version']!r}; this IPAM reads version {LEDGER_VERSION}")
+    for key, fields in (("allocations", ALLOCATION_FIELDS), ("released", RELEASED_FIELDS)):
+        if key not in data:
+            continue
+        entries = data[key]
+        if entries is None:
+            raise LedgerUnusable(f"has '{key}' null (empty is '{key}: []')")
+        if not isinstance(entries, list):
+            raise LedgerUnusable(f"has '{key}' as a {type(entries).__name__}, not a list")
+        for position, entry in enumerate(entries):
+            _check_entry(entry, f"{key}[{position}]", fields)
+    return _CheckedLedger(data)
+
+
+def _check_entry(entry, where, fields):
+    if not isinstance(entry, dict):
+        raise LedgerUnusable(f"entry {where} is not a mapping of {', '.join(fields)}")
+    if tuple(sorted(entry)) != tuple(sorted(fields)):
+        raise LedgerUnusable(f"entry {where} has the keys {', '.join(map(str, entry))}, not {', '.join(fields)}")
+    for field in fields:
+        value = entry[field]
+        if not isinstance(value, str) or not value:
+            raise LedgerUnusable(
+                f"entry {where} has {field} {value!r}, not a non-empty string (quote a value YAML reads otherwise)"
+            )
+    if "released_at" in entry and not _valid_time(entry["released_at"]):
+        raise LedgerUnusable(f"entry {where} has released_at {entry['released_at']!r}, not YYYY-MM-DDTHH:MM:SSZ")
+
+
+def _valid_time(text):
+    if not _TIME.match(text):
+        return False
+    try:
+        datetime.strptime(text, TIME_FORMAT)
+    except ValueError:
+        return False
+    return True
+
+
+def _written_sections(lines):
+    """(allocation lines, released lines or None) of a text in the written form, else None."""
     position = 1 if lines[:1] == ["---"] else 0
     while position < len(lines) and _COMMENT.match(lines[position]):
         position += 1
     if lines[position : position + 1] != ["version: 1"] or position + 1 >= len(lines):
         return None
-    heading, entries = lines[position + 1], lines[position + 2 :]
-    if heading == "allocations: []" and not entries:
-        return {"version": 1, "allocations": []}
-    if heading != "allocations:" or not entries:
+    heading, body = lines[position + 1], lines[position + 2 :]
+    if body and _END.match(body[-1]):
+        body = body[:-1]
+    released = None
+    if "released:" in body:
+        split = body.index("released:")
+        body, released = body[:split], body[split + 1 :]
+        if not released:
+            return None
+    if (heading == "allocations: []" and body) or (heading not in {"allocations:", "allocations: []"}):
         return None
+    if heading == "allocations:" and not body:
+        return None
+    return body, released
+
+
+def _read_written_form(text, lines=None):
+    """The ledger when the text is in the form ipam_ledger writes, else None (let YAML read it).
+
+    The data is exactly what YAML reads from the text, whose values are then non-empty strings.
+    """
+    if lines is None:
+        lines = text.split("\n")
+        if lines[-1] == "":
+            lines.pop()
+    sections = _written_sections(lines)
+    if sections is None:
+        return None
+    entries, released = sections
     resolver, strings = yaml.resolver.Resolver(), {}
 
     def scalar(token):
         if token.startswith("'"):
-            return token[1:-1].replace("''", "'")
+            return token[1:-1].replace("''", "'") or None
         is_string = strings.get(token)
         if is_string is None:
             is_string = strings[token] = resolver.resolve(yaml.ScalarNode, token, (True, False)) == _STRING_TAG
         return token if is_string else None
 
-    allocations = []
-    for line in entries:
-        match = _ENTRY.match(line)
-        if match is None:
+    def read(lines, pattern, fields):
+        read = []
+        for line in lines:
+            match = pattern.match(line)
+            if match is None:
+                return None
+            values = [scalar(token) for token in match.groups()[: len(ALLOCATION_FIELDS)]]
+            if None in values:
+                return None
+            values += match.groups()[len(ALLOCATION_FIELDS) :]
+            read.append(dict(zip(fields, values, strict=True)))
+        return read
+
+    allocations = read(entries, _ENTRY, ALLOCATION_FIELDS)
+    if allocations is None:
+        return None
+    ledger = {"version": 1, "allocations": allocations}
+    if released is not None:
+        ledger["released"] = read(released, _RELEASED_ENTRY, RELEASED_FIELDS)
+        if ledger["released"] is None or not all(_valid_time(entry["released_at"]) for entry in ledger["released"]):
             return None
-        values = [scalar(token) for token in match.groups()]
-        if None in values:
-            return None
-        allocations.append(dict(zip(("pool", "host", "device", "ip"), values, strict=True)))
-    return {"version": 1, "allocations": allocations}
+    return ledger
 
 
 class FilterModule:

@@ -39,7 +39,7 @@ author:
 EXAMPLES = r"""
 - name: Write the ledger
   ipam_ledger:
-    path: "{{ inventory_dir }}/ipam/roce-ledger.yml"
+    path: "{{ playbook_dir }}/../inventories/prod/ipam/roce-ledger.yml"
     base: "{{ __ledger_as_read }}"
     ledger: "{{ __ipam.ledger }}"
   delegate_to: localhost
@@ -71,6 +71,7 @@ import contextlib
 import fcntl
 import os
 import re
+import stat
 import tempfile
 
 import yaml
@@ -79,8 +80,18 @@ from ansible.module_utils.basic import AnsibleModule
 HEADER = (
     "---\n# RoCE IPAM ledger: every address handed out, one line each. Written by playbooks/ipam.yml\n"
     "# (roce_ipam_assign + ipam_ledger); addresses here never move. Free one only through\n"
-    "# roce_ipam_release, never by editing this file.\n"
+    "# roce_ipam_release, never by editing this file. Released addresses are listed under\n"
+    "# released: while they are held back from anyone else (roce_ipam_release_hold).\n"
+    "# Its last line counts the entries: without it, or with other counts, the file was cut short.\n"
 )
+# The line of HEADER by which a reader knows that the file must end with end_line() (the filter
+# roce_ipam_ledger checks it; its copy of the text is END_MARK there).
+END_MARK = "# Its last line counts the entries"
+
+
+def end_line(allocations, released):
+    """The last line of the file: how many entries it holds, so that a file cut short is refused."""
+    return f"# end of ledger: {allocations} allocations, {released} released\n"
 
 
 class LedgerConflict(Exception):
@@ -88,19 +99,23 @@ class LedgerConflict(Exception):
 
 
 FIELDS = ("pool", "host", "device", "ip")
+RELEASED_FIELDS = (*FIELDS, "released_at")
 # A string YAML writes bare in a flow mapping when its resolver reads it back as a string (checked
 # below): no quote, space, colon, comma, bracket or '#', and not starting with '-' or '.'.
 _BARE = re.compile(r"[A-Za-z0-9_/][A-Za-z0-9_./-]*\Z")
 _STRING_TAG = "tag:yaml.org,2002:str"
 _LONGEST_BARE_LINE = 4096  # far below the dump width, so that YAML would not fold the line either
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\Z")  # written quoted, as YAML would
 
 
 def render(ledger):
-    """The ledger file's text, exactly as yaml.safe_dump writes each allocation, in linear time.
+    """The ledger file's text, exactly as yaml.safe_dump writes each entry, in linear time.
 
-    yaml.safe_dump takes 10 s for 80,000 allocations; here an allocation whose values YAML writes
-    bare is written directly, any other through yaml.safe_dump as before.
+    yaml.safe_dump takes 10 s for 80,000 allocations; here an entry whose values YAML writes bare
+    is written directly, any other through yaml.safe_dump as before. The released section is
+    written only when an address is held back; the end line counts both.
     """
+    released = ledger.get("released") or []
     lines = [
         HEADER,
         f"version: {int(ledger['version'])}\n",
@@ -116,14 +131,23 @@ def render(ledger):
             )
         return known
 
-    for entry in ledger["allocations"]:
+    def entry_line(entry, fields):
         values = [str(entry[key]) for key in FIELDS]
         if all(is_bare(value) for value in values) and sum(map(len, values)) < _LONGEST_BARE_LINE:
             pool, host, device, ip = values
-            lines.append(f"  - {{pool: {pool}, host: {host}, device: {device}, ip: {ip}}}\n")
-        else:
-            fields = {key: str(entry[key]) for key in FIELDS}
-            lines.append("  - " + yaml.safe_dump(fields, default_flow_style=True, sort_keys=False, width=1 << 16))
+            line = f"  - {{pool: {pool}, host: {host}, device: {device}, ip: {ip}"
+            if len(fields) == len(FIELDS):
+                return line + "}\n"
+            if _TIME.match(str(entry["released_at"])):
+                return line + f", released_at: '{entry['released_at']}'}}\n"
+        mapping = {key: str(entry[key]) for key in fields}
+        return "  - " + yaml.safe_dump(mapping, default_flow_style=True, sort_keys=False, width=1 << 16)
+
+    lines += [entry_line(entry, FIELDS) for entry in ledger["allocations"]]
+    if released:
+        lines.append("released:\n")
+        lines += [entry_line(entry, RELEASED_FIELDS) for entry in released]
+    lines.append(end_line(len(ledger["allocations"]), len(released)))
     return "".join(lines)
 
 
@@ -142,14 +166,21 @@ def holds(text, ledger, rendered=None):
 
 
 def _is_written_form(ledger):
-    """Whether the ledger has only what render writes: version 1 and allocations of four strings."""
-    if not isinstance(ledger, dict) or ledger.keys() != {"version", "allocations"}:
+    """Whether the ledger has only what render writes: version 1, allocations (and released) of strings."""
+    if not isinstance(ledger, dict) or not {"version", "allocations"} <= ledger.keys() <= {
+        "version",
+        "allocations",
+        "released",
+    }:
         return False
     if type(ledger["version"]) is not int or ledger["version"] != 1 or not isinstance(ledger["allocations"], list):
         return False
+    if "released" in ledger and not (isinstance(ledger["released"], list) and ledger["released"]):
+        return False
     return all(
-        type(entry) is dict and entry.keys() == set(FIELDS) and all(type(entry[key]) is str for key in FIELDS)
-        for entry in ledger["allocations"]
+        type(entry) is dict and entry.keys() == set(fields) and all(type(entry[key]) is str for key in fields)
+        for key, fields in (("allocations", FIELDS), ("released", RELEASED_FIELDS))
+        for entry in ledger.get(key, ())
     )
 
 
@@ -170,46 +201,79 @@ def locked_directory(directory):
         os.close(fd)  # closing releases the lock
 
 
-def write_ledger(path, ledger, base, check_mode=False):
-    """(changed, before text, after text); raises LedgerConflict when the file is no longer base."""
-    directory = os.path.dirname(os.path.abspath(path))
+_UNREAD = object()
+
+
+def write_ledger(path, ledger, base, check_mode=False, *, base_text=_UNREAD):
+    """(changed, before text, after text); raises LedgerConflict when the file is no longer base.
+
+    A symbolic link is followed: the lock is taken on the directory of the file it names, and
+    that file is replaced, so that two writers through two links to one file still exclude each
+    other. The file keeps its mode (and owner, where this process may set it). When base_text is
+    given (the exact text the allocation read, None for no file), the file must still hold that
+    very text; otherwise it must hold base as data.
+    """
+    real = os.path.realpath(path)
+    directory = os.path.dirname(real)
     if not check_mode:
         os.makedirs(directory, exist_ok=True)
     after = render(ledger)
     if not os.path.isdir(directory):  # check mode, nothing there yet
         return True, "", after
     with locked_directory(directory) as directory_fd:
+        if os.path.realpath(path) != real:  # a link was moved while we waited for the lock
+            raise LedgerConflict(path)
         try:
-            with open(path) as handle:
+            with open(real) as handle:
                 before = handle.read()
         except FileNotFoundError:
             before = None
-        if not holds(before, base, after if base == ledger else None):
-            raise LedgerConflict(path)
+        if base_text is not _UNREAD:
+            if before != base_text:
+                raise LedgerConflict(path)
+        else:
+            try:
+                same = holds(before, base, after if base == ledger else None)
+            except yaml.YAMLError:
+                same = False
+            if not same:
+                raise LedgerConflict(path)
         if before == after:
             return False, before, after
         if not check_mode:
-            handle, temporary = tempfile.mkstemp(prefix=".roce-ledger.", dir=directory)
-            try:
-                with os.fdopen(handle, "w") as out:
-                    out.write(after)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.chmod(temporary, 0o644)
-                os.replace(temporary, path)
-                os.fsync(directory_fd)  # make the rename itself durable
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temporary)
-                raise
+            _replace(real, directory, directory_fd, after)
         return True, before or "", after
+
+
+def _replace(path, directory, directory_fd, text):
+    """Write text to a temporary file beside path, flush it, give it path's mode and owner, rename it."""
+    try:
+        kept = os.stat(path)
+    except FileNotFoundError:
+        kept = None
+    handle, temporary = tempfile.mkstemp(prefix=".roce-ledger.", dir=directory)
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fchmod(out.fileno(), 0o644 if kept is None else stat.S_IMODE(kept.st_mode))
+            if kept is not None and (kept.st_uid, kept.st_gid) != (os.geteuid(), os.getegid()):
+                with contextlib.suppress(PermissionError):
+                    os.fchown(out.fileno(), kept.st_uid, kept.st_gid)
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+        os.fsync(directory_fd)  # make the rename itself durable
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
 
 
 class LedgerError(Exception):
     """The ledger was not written; the message says why, and what to do."""
 
 
-def update_ledger(path, ledger, base, check_mode=False, diff=False):
+def update_ledger(path, ledger, base, check_mode=False, diff=False, *, base_text=_UNREAD):
     """The module's whole job as a function: write the ledger and return the module's result.
 
     The roce_ipam_allocate action calls it in the controller's own process: as module arguments,
@@ -218,7 +282,7 @@ def update_ledger(path, ledger, base, check_mode=False, diff=False):
     if not isinstance(ledger, dict) or not isinstance(ledger.get("allocations"), list) or ledger.get("version") != 1:
         raise LedgerError("ledger must be {version: 1, allocations: [...]}, as roce_ipam_assign returns it")
     try:
-        changed, before, after = write_ledger(path, ledger, base, check_mode)
+        changed, before, after = write_ledger(path, ledger, base, check_mode, base_text=base_text)
     except LedgerConflict:
         raise LedgerError(
             f"{path} changed after it was read (another run wrote it); nothing was written. "

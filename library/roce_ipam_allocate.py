@@ -27,9 +27,24 @@ options:
     elements: dict
     required: true
   ledger_path:
-    description: The ledger file on the controller.
-    type: path
+    description: >-
+      The ledger file on the controller; a relative path is relative to the project (the directory
+      of C(ansible.cfg) and C(action_plugins/)), never to the inventory or the current directory.
+      A symbolic link is followed: the file it names is locked and replaced, keeping its mode.
+      An existing ledger that is not exactly what the IPAM writes stops the run (C(roce_ipam_ledger)).
+    type: str
     required: true
+  ledger_init:
+    description: Start a new ledger when the file does not exist; without it a missing ledger stops the run.
+    type: bool
+    default: false
+  mode:
+    description: >-
+      C(allocate) writes the ledger; C(verify) writes nothing and fails, listing every address it
+      would take or free, when allocation would change any; otherwise it publishes the addresses.
+    type: str
+    choices: [allocate, verify]
+    default: allocate
   hosts:
     description: Every host to allocate for, C(groups['all']), so that C(--limit) changes nothing.
     type: list
@@ -44,10 +59,19 @@ options:
     type: bool
     default: false
   release:
-    description: Keys whose addresses are freed, each C({host}) or C({host, device}).
-    type: list
-    elements: dict
+    description: >-
+      What to free: a list of C({host}), C({host, device}), C(host) or C(host/device), or one
+      string of names separated by commas, spaces or new lines (an AWX survey's answer).
+    type: raw
     default: []
+  release_hold:
+    description: Days a released address is held back from anyone else (listed under C(released)).
+    type: int
+    default: 0
+  job_slice_count:
+    description: C(awx_job_slice_count); above 1 the run is refused, since a slice sees part of the inventory.
+    type: int
+    default: 1
 attributes:
   check_mode:
     support: full
@@ -61,7 +85,7 @@ EXAMPLES = r"""
 - name: Allocate every RoCE port of the inventory, once, on the controller
   roce_ipam_allocate:
     pools: "{{ roce_ipam_pools }}"
-    ledger_path: "{{ inventory_dir }}/ipam/roce-ledger.yml"
+    ledger_path: inventories/prod/ipam/roce-ledger.yml
     hosts: "{{ groups['all'] }}"
   run_once: true
   delegate_to: localhost

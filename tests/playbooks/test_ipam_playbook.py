@@ -27,10 +27,18 @@ EVERY_HOST = [
 
 @pytest.fixture
 def inventory(tmp_path):
+    """A copy of the example inventory whose ledger is the copy's own ipam/roce-ledger.yml, not there yet."""
     copy = tmp_path / "example"
     shutil.copytree(ROOT / "inventories" / "example", copy)
     shutil.rmtree(copy / "ipam", ignore_errors=True)
+    hosts = yaml.safe_load((copy / "hosts.yml").read_text())
+    hosts["all"]["vars"]["roce_ipam_ledger_path"] = str(copy / "ipam" / "roce-ledger.yml")
+    (copy / "hosts.yml").write_text(yaml.safe_dump(hosts))
     return copy
+
+
+# The first run of an inventory starts its ledger only when told to (a missing ledger stops a run).
+NEW_LEDGER = ("-e", "roce_ipam_ledger_init=true")
 
 
 def run_playbook(inventory, playbook, *args, env=None):
@@ -56,7 +64,7 @@ def run_playbook(inventory, playbook, *args, env=None):
 
 
 def playbook(inventory, *args):
-    return run_playbook(inventory, ROOT / "playbooks" / "ipam.yml", *args)
+    return run_playbook(inventory, ROOT / "playbooks" / "ipam.yml", *NEW_LEDGER, *args)
 
 
 def changed_total(report):
@@ -110,7 +118,7 @@ def read_addresses(inventory, *args):
     """{host: what the lookup gave it} and what the first host read of v100-002's."""
     probe = inventory.parent / "read-addresses.yml"
     probe.write_text(READ_ADDRESSES)
-    rc, report, output = run_playbook(inventory, probe, *args)
+    rc, report, output = run_playbook(inventory, probe, *NEW_LEDGER, *args)
     assert rc == 0, output
     own, other = report["plays"][1]["tasks"]
     (other_result,) = other["hosts"].values()
@@ -172,7 +180,7 @@ def test_reading_addresses_without_an_ipam_run_fails_and_says_why(inventory):
 def test_reading_a_name_outside_the_inventory_fails(inventory):
     probe = inventory.parent / "stranger.yml"
     probe.write_text(READ_ADDRESSES.replace("'v100-002.dc1.example.com'", "'v100-009.dc1.example.com'"))
-    rc, _, output = run_playbook(inventory, probe)
+    rc, _, output = run_playbook(inventory, probe, *NEW_LEDGER)
     assert rc != 0
     assert "'v100-009.dc1.example.com' is not a host of the inventory" in output
 
@@ -265,7 +273,10 @@ def add_a800_hosts(inventory, count):
 def host_steps(inventory):
     """How many (host, task) pairs the strategy built variables for (each is a host's task)."""
     rc, _, output = run_playbook(
-        inventory, ROOT / "playbooks" / "ipam.yml", env={"ANSIBLE_DEBUG": "1", "ANSIBLE_STDOUT_CALLBACK": "default"}
+        inventory,
+        ROOT / "playbooks" / "ipam.yml",
+        *NEW_LEDGER,
+        env={"ANSIBLE_DEBUG": "1", "ANSIBLE_STDOUT_CALLBACK": "default"},
     )
     assert rc == 0, output[-3000:]
     return len(re.findall(r"^\s*\d+ [\d.]+: getting variables$", output, flags=re.MULTILINE))

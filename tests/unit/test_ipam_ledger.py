@@ -126,16 +126,22 @@ def test_concurrent_writers_never_lose_an_allocation(tmp_path):
 
 
 def render_with_yaml(ledger):
-    """The ledger's text with every allocation through yaml.safe_dump, as render wrote it before."""
+    """The ledger's text with every entry through yaml.safe_dump, as render wrote it before."""
     head = ledger_module.HEADER + f"version: {ledger['version']}\n"
     head += "allocations:\n" if ledger["allocations"] else "allocations: []\n"
-    return head + "".join(
-        "  - "
-        + yaml.safe_dump(
-            {key: entry[key] for key in ledger_module.FIELDS}, default_flow_style=True, sort_keys=False, width=1 << 16
+
+    def entries(key, fields):
+        return "".join(
+            "  - "
+            + yaml.safe_dump({f: entry[f] for f in fields}, default_flow_style=True, sort_keys=False, width=1 << 16)
+            for entry in ledger.get(key, ())
         )
-        for entry in ledger["allocations"]
-    )
+
+    released = ledger.get("released", [])
+    text = head + entries("allocations", ledger_module.FIELDS)
+    if released:
+        text += "released:\n" + entries("released", ledger_module.RELEASED_FIELDS)
+    return text + ledger_module.end_line(len(ledger["allocations"]), len(released))
 
 
 TRICKY_VALUES = [
@@ -150,10 +156,16 @@ values = st.one_of(
 entries = st.fixed_dictionaries({key: values for key in ledger_module.FIELDS})
 
 
+times = st.datetimes(timezones=st.none()).map(lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ"))
+released_entries = st.fixed_dictionaries({**{key: values for key in ledger_module.FIELDS}, "released_at": times})
+
+
 @settings(max_examples=400, deadline=None)
-@given(st.lists(entries, max_size=6))
-def test_property_render_writes_what_yaml_writes(allocations):
+@given(st.lists(entries, max_size=6), st.lists(released_entries, max_size=3))
+def test_property_render_writes_what_yaml_writes(allocations, released):
     ledger = {"version": 1, "allocations": allocations}
+    if released:
+        ledger["released"] = released
     text = ledger_module.render(ledger)
     assert text == render_with_yaml(ledger)
     assert yaml.safe_load(text) == ledger
@@ -181,3 +193,51 @@ def test_holds_never_takes_a_ledger_render_cannot_write_for_the_text():
     assert not ledger_module.holds(written, with_more)
     as_numbers = {"version": 1, "allocations": [{**ledger["allocations"][0], "host": 1}]}
     assert not ledger_module.holds(ledger_module.render(as_numbers), as_numbers)  # written as '1', read as '1'
+
+
+# --- links, modes, the exact text read ------------------------------------------------------------
+
+
+def test_two_writers_through_two_links_to_one_file_exclude_each_other(tmp_path):
+    real = tmp_path / "store" / "ledger.yml"
+    real.parent.mkdir()
+    first = ledger_for("node1")
+    ledger_module.write_ledger(str(real), first, None)
+    links = [tmp_path / "a" / "roce-ledger.yml", tmp_path / "b" / "roce-ledger.yml"]
+    for link in links:
+        link.parent.mkdir()
+        link.symlink_to(real)
+    text = real.read_text()
+    # Both read the same file through their own link; the first write wins, the second is refused.
+    ledger_module.write_ledger(str(links[0]), ledger_for("node1", "node2"), first, base_text=text)
+    with pytest.raises(ledger_module.LedgerConflict):
+        ledger_module.write_ledger(str(links[1]), ledger_for("node1", "node3"), first, base_text=text)
+    assert all(link.is_symlink() for link in links)
+    assert yaml.safe_load(real.read_text())["allocations"] == ledger_for("node1", "node2")["allocations"]
+
+
+def test_the_file_keeps_its_mode(tmp_path):
+    path = tmp_path / "roce-ledger.yml"
+    ledger_module.write_ledger(str(path), ledger_for("node1"), None)
+    assert path.stat().st_mode & 0o777 == 0o644
+    path.chmod(0o640)
+    ledger_module.write_ledger(str(path), ledger_for("node1", "node2"), ledger_for("node1"))
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_a_file_that_is_no_longer_the_text_read_is_a_conflict_never_a_traceback(tmp_path):
+    path = tmp_path / "roce-ledger.yml"
+    ledger_module.write_ledger(str(path), ledger_for("node1"), None)
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])  # cut while we computed
+    with pytest.raises(ledger_module.LedgerConflict):
+        ledger_module.write_ledger(str(path), ledger_for("node1", "node2"), ledger_for("node1"), base_text=text)
+    with pytest.raises(ledger_module.LedgerConflict):  # compared as data: not YAML is not the base
+        ledger_module.write_ledger(str(path), ledger_for("node1", "node2"), ledger_for("node1"))
+    assert path.read_text() == text[: len(text) // 2]
+
+
+def test_the_end_mark_is_the_filters():
+    assert ledger_module.END_MARK == ipam.END_MARK
+    assert ledger_module.END_MARK in ledger_module.HEADER
+    assert ledger_module.end_line(3, 1) == ipam.end_line(3, 1) + "\n"

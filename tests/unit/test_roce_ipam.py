@@ -2,6 +2,7 @@
 
 import copy
 import ipaddress
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
@@ -384,9 +385,39 @@ def test_ledger_with_one_key_in_two_pools_is_an_error():
     fails(r"the ledger holds two addresses for host a device d \(pools rail0 and rail1\)", ledger, RAILS, [])
 
 
-@pytest.mark.parametrize("ledger", [{"allocations": []}, {"version": 2}, ["not", "a", "dict"]])
-def test_ledger_of_unknown_shape_is_an_error(ledger):
-    fails("the ledger must be a mapping with version: 1", ledger, RAILS, [])
+@pytest.mark.parametrize(
+    ("ledger", "reason"),
+    [
+        ({"allocations": []}, "has no 'version'"),
+        ({"version": 2, "allocations": []}, "has version 2; this IPAM reads version 1"),
+        ({"version": True, "allocations": []}, "has version True"),
+        ({"version": 1}, "has no 'allocations'"),
+        ({"version": 1, "allocations": None}, r"has 'allocations' null \(empty is 'allocations: \[\]'\)"),
+        ({"version": 1, "allocation": []}, "has the unknown top-level key"),
+        ({"version": 1, "allocations": {}}, "has 'allocations' as a dict, not a list"),
+        (["not", "a", "dict"], "is a list, not a mapping of version and allocations"),
+        (
+            {"version": 1, "allocations": [{"pool": "rail0", "host": "a", "ip": "10.10.0.1"}]},
+            r"entry allocations\[0\] has the keys",
+        ),
+        (
+            {"version": 1, "allocations": [{"pool": "rail0", "host": 83, "device": "d", "ip": "10.10.0.1"}]},
+            r"entry allocations\[0\] has host 83, not a non-empty string",
+        ),
+        (
+            {
+                "version": 1,
+                "allocations": [],
+                "released": [
+                    {"pool": "rail0", "host": "a", "device": "d", "ip": "10.10.0.1", "released_at": "yesterday"}
+                ],
+            },
+            r"entry released\[0\] has released_at 'yesterday', not YYYY-MM-DDTHH:MM:SSZ",
+        ),
+    ],
+)
+def test_ledger_of_unknown_shape_is_an_error(ledger, reason):
+    fails(f"roce_ipam_ledger: the ledger {reason}", ledger, RAILS, [])
 
 
 # --- bad pools and requests ---------------------------------------------------------------------
@@ -461,7 +492,7 @@ def test_inputs_are_not_mutated_and_answers_repeat():
     pools[0]["reserved"] = [{"host": "n3", "device": "mlx5_0", "ip": "10.10.0.9"}]
     ledger = assign(None, pools, [req("n1")])["ledger"]
     requests = [req("n2"), req("n3"), req("n1", "mlx5_1", "rail1")]
-    release = [{"host": "n1", "device": "mlx5_1"}]
+    release = [{"host": "n1", "device": "mlx5_0"}]
     snapshot = copy.deepcopy((ledger, pools, requests, release))
     first = assign(ledger, pools, requests, release=release)
     assert (ledger, pools, requests, release) == snapshot
@@ -602,7 +633,11 @@ def test_the_written_form_is_read_line_by_line():
 
 def test_an_empty_ledger_and_an_empty_file():
     assert read_ledger(ledger_module.render({"version": 1, "allocations": []})) == {"version": 1, "allocations": []}
-    assert read_ledger("") is None
+    for text in ("", "\n", "---\n# just a comment\n", ledger_module.HEADER + ledger_module.end_line(0, 0)):
+        with pytest.raises(AnsibleFilterError, match="the ledger is empty: it holds no version and no allocations"):
+            read_ledger(text)
+    with pytest.raises(AnsibleFilterError, match=r"the ledger has no end line .* the file was cut short"):
+        read_ledger(ledger_module.HEADER)  # the header promises an end line
 
 
 def test_a_hand_edited_ledger_is_read_by_yaml():
@@ -626,7 +661,9 @@ def test_a_hand_edited_ledger_is_read_by_yaml():
 def test_a_value_yaml_reads_as_a_number_is_left_to_yaml():
     text = "version: 1\nallocations:\n  - {pool: rail0, host: 0123, device: mlx5_0, ip: 10.10.0.1}\n"
     assert ipam._read_written_form(text) is None
-    assert read_ledger(text)["allocations"][0]["host"] == 83  # octal, as YAML 1.1 reads it; assign refuses it later
+    assert yaml.safe_load(text)["allocations"][0]["host"] == 83  # octal, as YAML 1.1 reads it
+    with pytest.raises(AnsibleFilterError, match=r"entry allocations\[0\] has host 83, not a non-empty string"):
+        read_ledger(text)
 
 
 def test_text_that_is_not_yaml_fails_naming_the_reason():
@@ -638,8 +675,13 @@ def test_text_that_is_not_yaml_fails_naming_the_reason():
 
 @settings(max_examples=300, deadline=None)
 @given(ledgers)
-def test_property_any_written_ledger_reads_back_as_itself(ledger):
-    assert read_ledger(ledger_module.render(ledger)) == ledger
+def test_property_any_written_ledger_reads_back_as_itself_or_is_refused_for_an_empty_value(ledger):
+    text = ledger_module.render(ledger)
+    if all(entry[key] for entry in ledger["allocations"] for key in entry):
+        assert read_ledger(text) == ledger
+    else:
+        with pytest.raises(AnsibleFilterError, match=r"entry allocations\[\d+\] has \w+ '', not a non-empty string"):
+            read_ledger(text)
 
 
 @settings(max_examples=400, deadline=None)
@@ -673,3 +715,156 @@ def test_property_bare_values_are_read_as_yaml_reads_them(entries):
     read = ipam._read_written_form(text)
     if read is not None:
         assert yaml.safe_load(text) == read
+
+
+# --- released addresses held back ---------------------------------------------------------------
+
+DAY0 = "2026-01-10T12:00:00Z"
+
+
+def day(offset_days, hour=12):
+    return f"2026-01-{10 + offset_days:02d}T{hour:02d}:00:00Z"
+
+
+def test_a_released_address_is_held_back_then_free_again():
+    first = assign(None, RAILS, [req("node1"), req("node2")])
+    released = assign(first["ledger"], RAILS, [req("node2")], release="node1", hold_days=7, now=DAY0)
+    assert released["ledger"]["released"] == [
+        {"pool": "rail0", "host": "node1", "device": "mlx5_0", "ip": "10.10.0.1", "released_at": DAY0}
+    ]
+    assert released["changed"] is True
+    during = assign(released["ledger"], RAILS, [req("node2"), req("node3")], hold_days=7, now=day(6, 23))
+    assert during["allocations"]["node3"]["mlx5_0"]["address"] == "10.10.0.3"  # not the held .1
+    assert during["ledger"]["released"] == released["ledger"]["released"]
+    after = assign(during["ledger"], RAILS, [req("node2"), req("node3"), req("node4")], hold_days=7, now=day(7))
+    assert after["allocations"]["node4"]["mlx5_0"]["address"] == "10.10.0.1"  # the hold has passed
+    assert "released" not in after["ledger"]
+
+
+def test_without_a_clock_every_released_address_stays_held():
+    ledger = {
+        "version": 1,
+        "allocations": [],
+        "released": [{"pool": "rail0", "host": "old", "device": "d", "ip": "10.10.0.1", "released_at": DAY0}],
+    }
+    result = assign(ledger, RAILS, [req("node1")])
+    assert result["allocations"]["node1"]["mlx5_0"]["address"] == "10.10.0.2"
+    assert result["ledger"]["released"] == ledger["released"]
+    fails("releasing with a hold needs the time", result["ledger"], RAILS, [], release="node1", hold_days=1)
+
+
+def test_releasing_what_was_released_is_a_no_op_and_a_typo_fails():
+    first = assign(None, RAILS, [req("node1")])
+    released = assign(first["ledger"], RAILS, [], release="node1", hold_days=7, now=DAY0)
+    again = assign(released["ledger"], RAILS, [], release="node1", hold_days=7, now=day(1))
+    assert again["ledger"] == released["ledger"]
+    assert again["changed"] is False
+    fails(
+        r"names what holds no address in the ledger: node2, node1/mlx5_9 \(a typo",
+        first["ledger"],
+        RAILS,
+        [req("node1")],
+        release="node2 node1/mlx5_9",
+    )
+
+
+def test_a_ledger_holding_an_address_both_allocated_and_released_is_refused():
+    ledger = {
+        "version": 1,
+        "allocations": [{"pool": "rail0", "host": "a", "device": "d", "ip": "10.10.0.1"}],
+        "released": [{"pool": "rail0", "host": "b", "device": "d", "ip": "10.10.0.1", "released_at": DAY0}],
+    }
+    fails(
+        r"pool rail0: the ledger holds 10.10.0.1 both for a/d and as released by b/d",
+        ledger,
+        RAILS,
+        [],
+        now=DAY0,
+        hold_days=7,
+    )
+
+
+def test_a_reservation_takes_its_address_even_while_it_is_held():
+    first = assign(None, RAILS, [req("node1")])
+    released = assign(first["ledger"], RAILS, [], release="node1", hold_days=7, now=DAY0)
+    pools = copy.deepcopy(RAILS)
+    pools[0]["reserved"] = [{"host": "node5", "device": "mlx5_0", "ip": "10.10.0.1"}]
+    result = assign(released["ledger"], pools, [req("node5")], hold_days=7, now=day(1))
+    assert result["allocations"]["node5"]["mlx5_0"]["address"] == "10.10.0.1"
+    assert "released" not in result["ledger"]
+
+
+@pytest.mark.parametrize(
+    ("typed", "keys"),
+    [
+        ("", []),
+        ("node9", [("node9", None)]),
+        ("node9, node10/mlx5_3", [("node9", None), ("node10", "mlx5_3")]),
+        ("node9\nnode10/mlx5_3\n\n", [("node9", None), ("node10", "mlx5_3")]),
+        ("  node9 ,, node10  ", [("node9", None), ("node10", None)]),
+        (
+            ["node9", {"host": "node10", "device": "mlx5_3"}, {"host": "node11"}],
+            [("node9", None), ("node10", "mlx5_3"), ("node11", None)],
+        ),
+    ],
+)
+def test_release_strings_as_a_survey_gives_them(typed, keys):
+    assert ipam.parse_release(typed) == keys
+
+
+@pytest.mark.parametrize(
+    ("typed", "reason"),
+    [
+        ("node9;reboot", "the host name 'node9;reboot' is not one an inventory holds"),
+        ("-node9", "the host name '-node9'"),
+        ("node9/", "the device name '' is not 1 to 63"),
+        ("node9/a/b", "the device name 'a/b'"),
+        ("node9/" + "x" * 64, "the device name"),
+        ([{"host": "node9", "devices": "x"}], r"roce_ipam_release\[0\]: .* is neither"),
+        ([3], r"roce_ipam_release\[0\]: 3 is neither"),
+        (42, "a int is neither host names nor a list"),
+    ],
+)
+def test_release_strings_that_are_not_names_fail_naming_them(typed, reason):
+    with pytest.raises(AnsibleFilterError, match=reason):
+        ipam.parse_release(typed)
+
+
+@settings(max_examples=80, deadline=None)
+@given(hosts, st.data())
+def test_property_held_addresses_are_never_handed_out_within_the_hold(host_names, data):
+    """Release some hosts, then at any time within the hold add new hosts: none gets a held address,
+    no address is held twice, and once the hold has passed the addresses are free again."""
+    device_names = ["mlx5_0", "mlx5_1"]
+    first = assign(None, PROPERTY_POOLS, requests_for(host_names, device_names))
+    gone = data.draw(st.lists(st.sampled_from(host_names), unique=True, min_size=1))
+    staying = [h for h in host_names if h not in gone]
+    released = assign(
+        first["ledger"], PROPERTY_POOLS, requests_for(staying, device_names), release=gone, hold_days=3, now=DAY0
+    )
+    held = {(e["pool"], e["ip"]) for e in released["ledger"]["released"]}
+    assert held == {(e["pool"], e["ip"]) for e in first["ledger"]["allocations"] if e["host"] in gone}
+    newcomers = [f"new{n}" for n in range(data.draw(st.integers(min_value=1, max_value=12)))]
+    hours = data.draw(st.integers(min_value=0, max_value=3 * 24 - 1))
+    now = (datetime(2026, 1, 10, 12, tzinfo=UTC) + timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        later = assign(
+            released["ledger"], PROPERTY_POOLS, requests_for(staying + newcomers, device_names), hold_days=3, now=now
+        )
+    except AnsibleFilterError as error:
+        assert "is exhausted" in str(error)  # small pools: holding back may exhaust one, never reuse
+        return
+    assert_well_formed(later)
+    taken = {(e["pool"], e["ip"]) for e in later["ledger"]["allocations"]}
+    reserved_ip = {("mlx5_2", "fd00:2::7")} if "node7" in staying + newcomers else set()
+    assert not (held - reserved_ip) & taken
+    assert {(e["pool"], e["ip"]) for e in later["ledger"]["released"]} == held - (reserved_ip & taken)
+    expired = assign(
+        later["ledger"],
+        PROPERTY_POOLS,
+        requests_for(staying + newcomers, device_names),
+        hold_days=3,
+        now="2026-01-13T12:00:00Z",
+    )
+    assert "released" not in expired["ledger"]
+    assert expired["ledger"]["allocations"] == later["ledger"]["allocations"]  # expiry moves nothing
