@@ -8,15 +8,18 @@ group of N A800 hosts, listed one per line, and R rails on /16 pools; then
   floor     ansible-playbook --list-hosts playbooks/ipam.yml: start, inventory and playbook parsing
   first     ansible-playbook playbooks/ipam.yml with no ledger: every address taken, ledger written
   no-op     the same again: nothing to change
+  +1 host   one host more in the inventory: its rails taken, the ledger rewritten
 each a fresh process, with its wall time, its CPU time (user and system, workers included: on a
 busy machine the steadier figure) and its peak memory: the largest resident set of
 ansible-playbook and of every worker it forked (getrusage of the waited-for children, what
 /usr/bin/time -v reports); then the bare roce_ipam_assign filter on the same requests, from an
-empty ledger and again on the full one (best of 3). The difference is what the play costs
-around the filter. Timings on a busy machine vary: run it when nothing else does.
+empty ledger and again on the full one (best of 3), and the file backend's own work for the host
+added: read and check the ledger file, allocate, write it (best of 3). The difference is what
+the play costs around the filter. Timings on a busy machine vary: run it when nothing else does.
 """
 
 import argparse
+import importlib.util
 import os
 import re
 import shutil
@@ -30,7 +33,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "filter_plugins"))
-from roce_ipam import roce_ipam_assign  # noqa: E402
+from roce_ipam import roce_ipam_assign, roce_ipam_ledger  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("ipam_ledger", ROOT / "library" / "ipam_ledger.py")
+ipam_ledger = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ipam_ledger)
 
 # Runs a command; reports the CPU seconds and the peak resident set (KiB) of it and its descendants.
 MEASURE = """
@@ -56,13 +63,42 @@ def write_inventory(directory, count, rails):
     """An inventory shaped like inventories/example: one A800 group, its rails, the pools in all."""
     (directory / "group_vars" / "all").mkdir(parents=True)
     (directory / "group_vars" / "hpc_a800").mkdir()
-    hosts = "".join(f"            {name}:\n" for name in host_names(count))
-    (directory / "hosts.yml").write_text(
-        "all:\n  children:\n    pool_hpc:\n      children:\n        hpc_a800:\n          hosts:\n" + hosts
-    )
+    write_hosts(directory, count)
     (directory / "group_vars" / "all" / "ipam.yml").write_text(yaml.safe_dump({"roce_ipam_pools": pools(rails)}))
     rail_list = [{"device": f"mlx5_{r}", "netdev": f"ens{108 + r}np0", "pool": f"a800-rail{r}"} for r in range(rails)]
     (directory / "group_vars" / "hpc_a800" / "rails.yml").write_text(yaml.safe_dump({"roce_rails": rail_list}))
+
+
+def write_hosts(directory, count):
+    hosts = "".join(f"            {name}:\n" for name in host_names(count))
+    ledger = directory / "ipam" / "roce-ledger.yml"
+    (directory / "hosts.yml").write_text(
+        f"all:\n  vars:\n    roce_ipam_ledger_path: {ledger}\n"
+        "  children:\n    pool_hpc:\n      children:\n        hpc_a800:\n          hosts:\n" + hosts
+    )
+
+
+def file_backend_plus_one(ledger, count, rails):
+    """Seconds of the file backend's work for one host more: read and check, allocate, write."""
+    pristine = ledger.read_bytes()
+    names = host_names(count + 1)
+    requests = [{"host": host, "device": f"mlx5_{r}", "pool": f"a800-rail{r}"} for host in names for r in range(rails)]
+
+    def once():
+        ledger.write_bytes(pristine)
+        started = time.perf_counter()
+        text = ledger.read_text()
+        base = roce_ipam_ledger(text)
+        result = roce_ipam_assign(base, pools(rails), requests, hold_days=7, now="2026-01-01T00:00:00Z")
+        written = ipam_ledger.update_ledger(str(ledger), result["ledger"], base, base_text=text)
+        elapsed = time.perf_counter() - started
+        if len(written["added"]) != rails:
+            sys.exit(f"+1 host: {len(written['added'])} allocations added, not {rails}")
+        return elapsed
+
+    best = min(once() for _ in range(3))
+    ledger.write_bytes(pristine)
+    return best
 
 
 def measured(*command):
@@ -91,7 +127,7 @@ def bench(count, rails, workdir):
     ledger = inventory / "ipam" / "roce-ledger.yml"
     playbook = ["ansible-playbook", "-i", str(inventory), str(ROOT / "playbooks" / "ipam.yml")]
     floor = measured(*playbook, "--list-hosts")
-    first = measured(*playbook)
+    first = measured(*playbook, "-e", "roce_ipam_ledger_init=true")
     written = ledger.read_bytes()
     allocations = len(re.findall(rb"^  - \{", written, flags=re.MULTILINE))
     if allocations != count * rails:
@@ -99,13 +135,19 @@ def bench(count, rails, workdir):
     noop = measured(*playbook)
     if ledger.read_bytes() != written:
         sys.exit(f"{count} hosts: the no-op run changed the ledger")
+    backend_plus_one = file_backend_plus_one(ledger, count, rails)
+    write_hosts(inventory, count + 1)
+    plus_one = measured(*playbook)
+    grown = len(re.findall(rb"^  - \{", ledger.read_bytes(), flags=re.MULTILINE))
+    if grown != (count + 1) * rails:
+        sys.exit(f"{count} hosts: +1 host left {grown} allocations, not {(count + 1) * rails}")
 
     names = host_names(count)
     requests = [{"host": host, "device": f"mlx5_{r}", "pool": f"a800-rail{r}"} for host in names for r in range(rails)]
     filter_first, result = best_of(3, lambda: roce_ipam_assign(None, pools(rails), requests))
     filter_noop, _ = best_of(3, lambda: roce_ipam_assign(result["ledger"], pools(rails), requests))
     shutil.rmtree(inventory)
-    return floor, first, noop, filter_first, filter_noop
+    return floor, first, noop, plus_one, filter_first, filter_noop, backend_plus_one
 
 
 def main():
@@ -117,13 +159,15 @@ def main():
     os.chdir(ROOT)
     print(f"ansible-playbook playbooks/ipam.yml, {args.rails} rails per host, /16 pools; {os.cpu_count()} CPUs")
     print("wall s / CPU s / peak MiB of ansible-playbook; the filter alone: best of 3")
-    header = ["floor (--list-hosts)", "first run", "no-op run", "filter first", "filter no-op"]
-    print(" hosts | " + " | ".join(f"{name:>24}" for name in header[:3]) + " | " + " | ".join(header[3:]))
+    header = ["floor (--list-hosts)", "first run", "no-op run", "+1 host run"]
+    header += ["filter first", "filter no-op", "file +1 host"]
+    print(" hosts | " + " | ".join(f"{name:>24}" for name in header[:4]) + " | " + " | ".join(header[4:]))
     with tempfile.TemporaryDirectory(prefix="bench-ipam-") as workdir:
         for count in args.hosts:
-            floor, first, noop, filter_first, filter_noop = bench(count, args.rails, Path(workdir))
-            cells = [f"{wall:6.2f} / {cpu:6.2f} / {peak:4.0f}".rjust(24) for wall, cpu, peak in (floor, first, noop)]
-            cells += [f"{filter_first:10.2f} s", f"{filter_noop:10.2f} s"]
+            floor, first, noop, plus_one, *alone = bench(count, args.rails, Path(workdir))
+            runs = (floor, first, noop, plus_one)
+            cells = [f"{wall:6.2f} / {cpu:6.2f} / {peak:4.0f}".rjust(24) for wall, cpu, peak in runs]
+            cells += [f"{seconds:10.2f} s" for seconds in alone]
             print(f"{count:6d} | " + " | ".join(cells))
 
 
