@@ -260,27 +260,37 @@ def _load_ledger(ledger, pools):
     holder_of = {}  # (pool, address) -> (host, device)
     pool_of_key = {}  # (host, device) -> pool
     problems = defaultdict(list)  # (pool, what is wrong) -> the entries concerned
+    # 80,000 entries at every run: the checks of _ledger_address and Pool.maybe_unusable inlined.
+    pton, ntop, from_bytes = socket.inet_pton, socket.inet_ntop, int.from_bytes
+    facts = {name: (pool, _FAMILY[pool.version], pool.first, pool.last, pool._blocked) for name, pool in pools.items()}
     for entry in entries:
         pool_name, host, device, text = entry["pool"], entry["host"], entry["device"], entry["ip"]
-        pool = pools.get(pool_name)
-        if pool is None:
+        known = facts.get(pool_name)
+        if known is None:
             problems[(pool_name, "names a pool that no longer exists")].append(f"{host}/{device}")
             continue
-        address = _ledger_address(pool, host, device, text)
-        reason = pool.unusable_reason(address) if pool.maybe_unusable(address) else None
-        if reason:
-            problems[(pool_name, f"holds addresses that are now {reason}")].append(f"{host}/{device} {text}")
-            continue
-        if (pool_name, address) in holder_of:
-            other = holder_of[(pool_name, address)]
+        pool, family, first, last, blocked = known
+        try:
+            packed = pton(family, text)
+        except OSError:
+            packed = None
+        if packed is None or ntop(family, packed) != text:
+            _ledger_address(pool, host, device, text)  # fails naming what is wrong
+        address = from_bytes(packed, "big")
+        if not first < address < last or blocked(address):
+            reason = pool.unusable_reason(address)
+            if reason:
+                problems[(pool_name, f"holds addresses that are now {reason}")].append(f"{host}/{device} {text}")
+                continue
+        key = (host, device)
+        other = holder_of.setdefault((pool_name, address), key)
+        if other is not key:
             _fail(f"pool {pool_name}: ledger hands {text} to both {other[0]}/{other[1]} and {host}/{device}")
-        if (host, device) in pool_of_key:
+        other_pool = pool_of_key.setdefault(key, pool_name)
+        if other_pool is not pool_name:
             _fail(
-                f"the ledger holds two addresses for host {host} device {device} "
-                f"(pools {pool_of_key[(host, device)]} and {pool_name})"
+                f"the ledger holds two addresses for host {host} device {device} (pools {other_pool} and {pool_name})"
             )
-        holder_of[(pool_name, address)] = (host, device)
-        pool_of_key[(host, device)] = pool_name
         held[(pool_name, host, device)] = address
         texts[(pool_name, host, device)] = text
     if problems:
@@ -382,6 +392,8 @@ def _load_released(ledger, pools, held, now, hold):
     if ledger is None:
         return []
     entries = ledger.get("released", [])
+    if not entries:
+        return []
     limit = None if now is None else now - hold
     holder_of = {(key[0], address): key for key, address in held.items()}
     kept, seen = [], set()
@@ -406,6 +418,8 @@ def _load_released(ledger, pools, held, now, hold):
 
 
 def _check_reservations(pools, held, wanted):
+    if not any(pool.reserved for pool in pools.values()):
+        return
     holder_of = {(pool_name, address): (host, device) for (pool_name, host, device), address in held.items()}
     for pool in pools.values():
         for (host, device), address in pool.reserved.items():
@@ -522,22 +536,26 @@ def roce_ipam_assign(ledger, pools, requests, release=None, aligned=False, *, ho
     """Allocate an address for every request; see the module docstring and roce_ipam_assign.yml."""
     pools_by_name = _load_pools(pools)
     original, texts = _load_ledger(ledger, pools_by_name)
+    original_texts = dict(texts) if release else texts
     wanted = _load_requests(requests, pools_by_name)
     clock, hold = _clock(now, hold_days)
     released_before = [] if ledger is None else ledger.get("released", [])
     held = _apply_release(original, release, released_before)
+    freed_keys = original.keys() - held.keys()
+    taken_in = {name: pool._next for name, pool in pools_by_name.items()}  # Pool.take, inlined
+    wanted_get = wanted.get
     for (pool_name, host, device), address in held.items():
-        if wanted.get((host, device), pool_name) != pool_name:
+        if wanted_get((host, device), pool_name) != pool_name:
             _fail(
                 f"host {host} device {device} holds an address in pool {pool_name} "
                 f"but is requested from {wanted[(host, device)]}; release it first"
             )
-        pools_by_name[pool_name].take(address)
+        taken_in[pool_name][address] = address + 1
     released = _load_released(ledger, pools_by_name, held, clock, hold)
     if hold and len(held) != len(original):
         if clock is None:
             _fail("releasing with a hold needs the time: pass now")
-        for key in sorted(original.keys() - held.keys()):
+        for key in sorted(freed_keys):
             pools_by_name[key[0]].take(original[key])
             released.append({"pool": key[0], "host": key[1], "device": key[2], "ip": texts[key], "released_at": now})
     _check_reservations(pools_by_name, held, wanted)
@@ -550,6 +568,12 @@ def roce_ipam_assign(ledger, pools, requests, release=None, aligned=False, *, ho
     if released and new_keys:  # a reservation takes its address even while it is held back
         reserved_now = {(pool_name, texts[(pool_name, *key)]) for key, pool_name in new_keys}
         released = [entry for entry in released if (entry["pool"], entry["ip"]) not in reserved_now]
+
+    # What changed, as 'pool host device ip' lines (a key released and given its address back: neither).
+    taken = {
+        f"{pool_name} {host} {device} {texts[(pool_name, host, device)]}" for (host, device), pool_name in new_keys
+    }
+    freed = {" ".join((*key, original_texts[key])) for key in freed_keys}
 
     allocations = defaultdict(dict)
     for (host, device), pool_name in wanted.items():
@@ -573,6 +597,8 @@ def roce_ipam_assign(ledger, pools, requests, release=None, aligned=False, *, ho
         "ledger": new_ledger,
         "changed": held != original or new_ledger.get("released", []) != released_before,
         "allocations": dict(allocations),
+        "taken": sorted(taken - freed),
+        "freed": sorted(freed - taken),
     }
 
 
@@ -719,8 +745,45 @@ _ENTRY = re.compile(rf"  - \{{pool: {_SCALAR}, host: {_SCALAR}, device: {_SCALAR
 _RELEASED_ENTRY = re.compile(
     rf"  - \{{pool: {_SCALAR}, host: {_SCALAR}, device: {_SCALAR}, ip: {_SCALAR}, released_at: '([0-9TZ:-]*)'\}}\Z"
 )
+# The same, over a block of lines at once.
+_ENTRIES = re.compile(_ENTRY.pattern.removesuffix("\\Z").join(("^", "$")), re.MULTILINE)
+_RELEASED_ENTRIES = re.compile(_RELEASED_ENTRY.pattern.removesuffix("\\Z").join(("^", "$")), re.MULTILINE)
 _COMMENT = re.compile(r"#[ -~]*\Z")
 _STRING_TAG = "tag:yaml.org,2002:str"
+# Plain scalars YAML 1.1 surely reads as strings, without asking its resolver (80,000 addresses
+# cost it 0.2 s): a word starting with a letter, '_' or '/' that is not one of YAML's booleans or
+# nulls, or digits with two dots or more (an IPv4 address: no int, float or time has them).
+# Property tests compare the result with YAML's.
+_PLAIN_STRING = re.compile(r"(?:[A-Za-z_/][A-Za-z0-9_./-]*|[0-9]+(?:\.[0-9]+){2,})\Z")
+_YAML_WORDS = frozenset(
+    [
+        "y",
+        "Y",
+        "yes",
+        "Yes",
+        "YES",
+        "n",
+        "N",
+        "no",
+        "No",
+        "NO",
+        "true",
+        "True",
+        "TRUE",
+        "false",
+        "False",
+        "FALSE",
+        "on",
+        "On",
+        "ON",
+        "off",
+        "Off",
+        "OFF",
+        "null",
+        "Null",
+        "NULL",
+    ]
+)
 
 ALLOCATION_FIELDS = ("pool", "host", "device", "ip")
 RELEASED_FIELDS = ("pool", "host", "device", "ip", "released_at")
@@ -886,30 +949,41 @@ def _read_written_form(text, lines=None):
     def scalar(token):
         if token.startswith("'"):
             return token[1:-1].replace("''", "'") or None
+        if _PLAIN_STRING.match(token) and token not in _YAML_WORDS:
+            return token
         is_string = strings.get(token)
         if is_string is None:
             is_string = strings[token] = resolver.resolve(yaml.ScalarNode, token, (True, False)) == _STRING_TAG
         return token if is_string else None
 
     def read(lines, pattern, fields):
-        read = []
-        for line in lines:
-            match = pattern.match(line)
-            if match is None:
-                return None
-            values = [scalar(token) for token in match.groups()[: len(ALLOCATION_FIELDS)]]
-            if None in values:
-                return None
-            values += match.groups()[len(ALLOCATION_FIELDS) :]
-            read.append(dict(zip(fields, values, strict=True)))
-        return read
+        # One findall over the block, anchored per line: every line must match (no scalar spans a
+        # line), and each distinct token is read once.
+        matches = pattern.findall("\n".join(lines))
+        if len(matches) != len(lines):
+            return None
+        values = {}
+        for column in range(len(ALLOCATION_FIELDS)):
+            for token in {match[column] for match in matches}:
+                if token not in values:
+                    value = values[token] = scalar(token)
+                    if value is None:
+                        return None
+        if len(fields) == len(ALLOCATION_FIELDS):
+            return [
+                {"pool": values[p], "host": values[h], "device": values[d], "ip": values[i]} for p, h, d, i in matches
+            ]
+        return [
+            {"pool": values[p], "host": values[h], "device": values[d], "ip": values[i], "released_at": t}
+            for p, h, d, i, t in matches
+        ]
 
-    allocations = read(entries, _ENTRY, ALLOCATION_FIELDS)
+    allocations = read(entries, _ENTRIES, ALLOCATION_FIELDS)
     if allocations is None:
         return None
     ledger = {"version": 1, "allocations": allocations}
     if released is not None:
-        ledger["released"] = read(released, _RELEASED_ENTRY, RELEASED_FIELDS)
+        ledger["released"] = read(released, _RELEASED_ENTRIES, RELEASED_FIELDS)
         if ledger["released"] is None or not all(_valid_time(entry["released_at"]) for entry in ledger["released"]):
             return None
     return ledger

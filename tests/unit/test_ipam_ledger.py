@@ -241,3 +241,12 @@ def test_the_end_mark_is_the_filters():
     assert ledger_module.END_MARK == ipam.END_MARK
     assert ledger_module.END_MARK in ledger_module.HEADER
     assert ledger_module.end_line(3, 1) == ipam.end_line(3, 1) + "\n"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.sampled_from(TRICKY_VALUES), st.from_regex(r"[A-Za-z0-9_./:+~=<-]{1,10}", fullmatch=True)))
+def test_property_what_is_written_bare_without_the_resolver_is_a_string_to_yaml(value):
+    resolver = yaml.resolver.Resolver()
+    for module in (ledger_module, ipam):
+        if module._PLAIN_STRING.match(value) and value not in module._YAML_WORDS:
+            assert resolver.resolve(yaml.ScalarNode, value, (True, False)) == "tag:yaml.org,2002:str"

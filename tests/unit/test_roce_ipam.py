@@ -84,7 +84,7 @@ def test_absence_from_requests_is_not_a_release():
 def test_second_call_is_idempotent():
     first = assign(None, RAILS, [req("node1"), req("node1", "mlx5_1", "rail1")])
     again = assign(first["ledger"], RAILS, [req("node1"), req("node1", "mlx5_1", "rail1")])
-    assert again == {**first, "changed": False}
+    assert again == {**first, "changed": False, "taken": [], "freed": []}
 
 
 def test_ledger_order_is_deterministic():
@@ -574,7 +574,7 @@ def test_property_stable_and_idempotent(first_hosts, later_hosts, device_names, 
     # Nothing that was handed out moves; nothing is dropped without a release.
     assert addresses(first).items() <= addresses(later).items()
     again = assign(later["ledger"], PROPERTY_POOLS, requests_for(later_hosts, device_names), aligned=aligned)
-    assert again == {**later, "changed": False}
+    assert again == {**later, "changed": False, "taken": [], "freed": []}
 
 
 @settings(max_examples=60, deadline=None)
@@ -868,3 +868,14 @@ def test_property_held_addresses_are_never_handed_out_within_the_hold(host_names
     )
     assert "released" not in expired["ledger"]
     assert expired["ledger"]["allocations"] == later["ledger"]["allocations"]  # expiry moves nothing
+
+
+def test_the_change_is_listed_as_lines():
+    first = assign(None, RAILS, [req("node1"), req("node2")])
+    assert first["taken"] == ["rail0 node1 mlx5_0 10.10.0.1", "rail0 node2 mlx5_0 10.10.0.2"]
+    assert first["freed"] == []
+    second = assign(first["ledger"], RAILS, [req("node3")], release="node1", hold_days=1, now=DAY0)
+    assert second["taken"] == ["rail0 node3 mlx5_0 10.10.0.3"]
+    assert second["freed"] == ["rail0 node1 mlx5_0 10.10.0.1"]
+    back = assign(first["ledger"], RAILS, [req("node1"), req("node2")], release="node1")  # no hold: .1 again
+    assert (back["taken"], back["freed"], back["changed"]) == ([], [], False)
