@@ -39,7 +39,11 @@ ARGUMENT_SPEC = {
     "release": {"type": "raw", "default": []},
     "release_hold": {"type": "int", "default": 0},
     "job_slice_count": {"type": "int", "default": 1},
+    "backend": {"type": "str", "choices": ["file", "postgresql"], "default": "file"},
 }
+# The PostgreSQL credentials are read from this variable (Vault) or libpq's environment, never
+# passed as an argument, so that no task argument, result or log line holds them.
+DSN_VARIABLE = "roce_ipam_postgresql_dsn"
 
 # A relative ledger path names a file of the project (the directory holding ansible.cfg,
 # playbooks/ and inventories/, this plugin's parent), never one under the inventory's directory
@@ -136,8 +140,10 @@ class ActionModule(ActionBase):
             result.update(changed=False, allocations=0, ansible_facts=published({}))
             return result
 
-        path = ledger_file(args["ledger_path"])
         verify = args["mode"] == "verify"
+        if args["backend"] == "postgresql":
+            return self._postgresql(result, args, task_vars, verify)
+        path = ledger_file(args["ledger_path"])
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
             requests = _filter("roce_ipam_requests")(task_vars["hostvars"], args["hosts"], args["rails_variable"])
@@ -168,6 +174,7 @@ class ActionModule(ActionBase):
                 bool(self._task.check_mode),
                 bool(self._task.diff),
                 base_text=text,
+                changes=(allocated["taken"], allocated["freed"]),
             )
         except ledger_file_module.LedgerError as error:
             raise AnsibleActionFail(str(error)) from error
@@ -183,10 +190,56 @@ class ActionModule(ActionBase):
             result["diff"] = written["diff"]
         return result
 
+    def _postgresql(self, result, args, task_vars, verify):
+        """The same allocation against the shared store: one transaction, allocators serialised."""
+        store = _module_python("ipam_postgresql")
+        dsn = self._templar.template(task_vars.get(DSN_VARIABLE, "")) or ""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        requests = _filter("roce_ipam_requests")(task_vars["hostvars"], args["hosts"], args["rails_variable"])
+        outcome = {}
+
+        def compute(base):
+            if not base["allocations"] and not base.get("released") and (verify or not args["ledger_init"]):
+                raise store.StoreError(
+                    "the IPAM database holds no allocation, and pools are defined: stopping rather than starting "
+                    "from an empty ledger. Import the ledger (ansible-doc ipam_postgresql), or for the very first "
+                    "run pass -e roce_ipam_ledger_init=true"
+                )
+            outcome["allocated"] = _filter("roce_ipam_assign")(
+                base,
+                args["pools"],
+                requests,
+                release=args["release"],
+                aligned=args["aligned"],
+                hold_days=args["release_hold"],
+                now=now,
+            )
+            return outcome["allocated"]["ledger"]
+
+        write = not verify and not self._task.check_mode
+        try:
+            base, _, _ = store.allocate(dsn, compute, write=write, lock=not verify)
+        except AnsibleFilterError as error:
+            raise AnsibleActionFail(str(error)) from error
+        except store.StoreError as error:
+            raise AnsibleActionFail(str(error)) from None
+        allocated = outcome["allocated"]
+        where = "the IPAM database"
+        if verify:
+            return self._verify(result, where, base, allocated, None)
+        result.update(
+            changed=allocated["changed"],
+            path=where,
+            allocations=len(allocated["ledger"]["allocations"]),
+            added=allocated["taken"],
+            removed=allocated["freed"],
+            ansible_facts=published(allocated["allocations"], allocated["taken"], allocated["freed"]),
+        )
+        return result
+
     def _verify(self, result, path, base, allocated, ledger_file_module):
         """Verify mode: nothing is written; any address the run would take or free fails it."""
-        old, new = ledger_file_module.entry_lines(base), ledger_file_module.entry_lines(allocated["ledger"])
-        added, removed = sorted(new - old), sorted(old - new)
+        added, removed = sorted(allocated["taken"]), sorted(allocated["freed"])
         if added or removed:
             lines = [f"take {line}" for line in _shown(added)] + [f"free {line}" for line in _shown(removed)]
             raise AnsibleActionFail(

@@ -68,6 +68,16 @@ options:
     description: Days a released address is held back from anyone else (listed under C(released)).
     type: int
     default: 0
+  backend:
+    description: >-
+      C(file) (I(ledger_path)) or C(postgresql), the shared store of C(ipam_postgresql): one
+      transaction that locks the tables (allocators run one after the other), reads the rows, runs
+      the filter and writes the difference; check mode and verify mode write nothing. The
+      connection string is read from the variable C(roce_ipam_postgresql_dsn) (Vault) or libpq's
+      environment, never passed as an argument.
+    type: str
+    choices: [file, postgresql]
+    default: file
   job_slice_count:
     description: C(awx_job_slice_count); above 1 the run is refused, since a slice sees part of the inventory.
     type: int

@@ -13,9 +13,11 @@ each a fresh process, with its wall time, its CPU time (user and system, workers
 busy machine the steadier figure) and its peak memory: the largest resident set of
 ansible-playbook and of every worker it forked (getrusage of the waited-for children, what
 /usr/bin/time -v reports); then the bare roce_ipam_assign filter on the same requests, from an
-empty ledger and again on the full one (best of 3), and the file backend's own work for the host
-added: read and check the ledger file, allocate, write it (best of 3). The difference is what
-the play costs around the filter. Timings on a busy machine vary: run it when nothing else does.
+empty ledger and again on the full one (best of 3), and the backend's own work for the host
+added: read and check the ledger file, allocate, write it (best of 3); or, for PostgreSQL (a
+scratch server, tools/scratch_postgresql.py), one transaction that locks, reads the rows,
+allocates and writes the difference. The difference is what the play costs around the filter.
+  --backend file|postgresql|both (default both) Timings on a busy machine vary: run it when nothing else does.
 """
 
 import argparse
@@ -38,6 +40,11 @@ from roce_ipam import roce_ipam_assign, roce_ipam_ledger  # noqa: E402
 _spec = importlib.util.spec_from_file_location("ipam_ledger", ROOT / "library" / "ipam_ledger.py")
 ipam_ledger = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ipam_ledger)
+_spec = importlib.util.spec_from_file_location("ipam_postgresql", ROOT / "library" / "ipam_postgresql.py")
+store = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(store)
+sys.path.insert(0, str(ROOT / "tools"))
+import scratch_postgresql  # noqa: E402
 
 # Runs a command; reports the CPU seconds and the peak resident set (KiB) of it and its descendants.
 MEASURE = """
@@ -121,6 +128,49 @@ def best_of(runs, function):
     return min(times), result
 
 
+def bench_postgresql(count, rails, workdir):
+    """The same runs against a scratch PostgreSQL 15 (roce_ipam_backend: postgresql)."""
+    import psycopg  # noqa: PLC0415
+
+    inventory = workdir / f"inventory-pg-{count}"
+    write_inventory(inventory, count, rails)
+    with (inventory / "group_vars" / "all" / "backend.yml").open("w") as out:
+        out.write("roce_ipam_backend: postgresql\n")
+    playbook = ["ansible-playbook", "-i", str(inventory), str(ROOT / "playbooks" / "ipam.yml")]
+    with scratch_postgresql.scratch_server(os.urandom(8).hex()) as environment:
+        os.environ.update(environment)
+
+        def stored():
+            with psycopg.connect("", autocommit=True) as connection:
+                return connection.execute("SELECT count(*) FROM roce_ipam_allocation").fetchone()[0]
+
+        first = measured(*playbook, "-e", "roce_ipam_ledger_init=true")
+        if stored() != count * rails:
+            sys.exit(f"{count} hosts: the database holds {stored()} allocations, not {count * rails}")
+        noop = measured(*playbook)
+        names = host_names(count + 1)
+        requests = [{"host": h, "device": f"mlx5_{r}", "pool": f"a800-rail{r}"} for h in names for r in range(rails)]
+
+        def plus_one_in_store():
+            return store.allocate(
+                "", lambda base: roce_ipam_assign(base, pools(rails), requests, now="2026-01-01T00:00:00Z")["ledger"]
+            )
+
+        backend_plus_one, _ = best_of(1, plus_one_in_store)
+        if stored() != (count + 1) * rails:
+            sys.exit(f"{count} hosts: +1 host in the store left {stored()} allocations")
+        with psycopg.connect("", autocommit=True) as connection:  # back to N hosts for the play's +1 run
+            connection.execute("DELETE FROM roce_ipam_allocation WHERE host = %s", (names[-1],))
+        write_hosts(inventory, count + 1)
+        plus_one = measured(*playbook)
+        if stored() != (count + 1) * rails:
+            sys.exit(f"{count} hosts: the +1 host run left {stored()} allocations")
+        for key in environment:
+            del os.environ[key]
+    shutil.rmtree(inventory)
+    return first, noop, plus_one, backend_plus_one
+
+
 def bench(count, rails, workdir):
     inventory = workdir / f"inventory-{count}"
     write_inventory(inventory, count, rails)
@@ -154,21 +204,33 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hosts", type=int, nargs="+", default=[1000, 5000, 10000])
     parser.add_argument("--rails", type=int, default=8)
+    parser.add_argument(
+        "--backend", choices=["file", "postgresql", "both"], default="both", help="postgresql: a scratch server"
+    )
     args = parser.parse_args()
     os.environ["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
     os.chdir(ROOT)
     print(f"ansible-playbook playbooks/ipam.yml, {args.rails} rails per host, /16 pools; {os.cpu_count()} CPUs")
     print("wall s / CPU s / peak MiB of ansible-playbook; the filter alone: best of 3")
     header = ["floor (--list-hosts)", "first run", "no-op run", "+1 host run"]
-    header += ["filter first", "filter no-op", "file +1 host"]
-    print(" hosts | " + " | ".join(f"{name:>24}" for name in header[:4]) + " | " + " | ".join(header[4:]))
+    header += ["filter first", "filter no-op", "backend +1 host"]
+    print("backend    |  hosts | " + " | ".join(f"{name:>24}" for name in header[:4]) + " | " + " | ".join(header[4:]))
     with tempfile.TemporaryDirectory(prefix="bench-ipam-") as workdir:
         for count in args.hosts:
-            floor, first, noop, plus_one, *alone = bench(count, args.rails, Path(workdir))
-            runs = (floor, first, noop, plus_one)
-            cells = [f"{wall:6.2f} / {cpu:6.2f} / {peak:4.0f}".rjust(24) for wall, cpu, peak in runs]
-            cells += [f"{seconds:10.2f} s" for seconds in alone]
-            print(f"{count:6d} | " + " | ".join(cells))
+            if args.backend in {"file", "both"}:
+                floor, first, noop, plus_one, *alone = bench(count, args.rails, Path(workdir))
+                runs = (floor, first, noop, plus_one)
+                cells = [f"{wall:6.2f} / {cpu:6.2f} / {peak:4.0f}".rjust(24) for wall, cpu, peak in runs]
+                cells += [f"{seconds:10.2f} s" for seconds in alone]
+                print(f"file       | {count:6d} | " + " | ".join(cells))
+            if args.backend in {"postgresql", "both"}:
+                first, noop, plus_one, store_plus_one = bench_postgresql(count, args.rails, Path(workdir))
+                cells = ["-".rjust(24)]
+                cells += [
+                    f"{wall:6.2f} / {cpu:6.2f} / {peak:4.0f}".rjust(24) for wall, cpu, peak in (first, noop, plus_one)
+                ]
+                cells += ["-".rjust(12), "-".rjust(12), f"{store_plus_one:13.2f} s"]
+                print(f"postgresql | {count:6d} | " + " | ".join(cells))
 
 
 if __name__ == "__main__":
