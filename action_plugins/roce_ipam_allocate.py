@@ -70,6 +70,14 @@ def _filter(name):
     return plugin.j2_function
 
 
+def _assigner(args, task_vars):
+    """roce_ipam_assign bound to this run's requests, options and clock: the same for both backends."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    requests = _filter("roce_ipam_requests")(task_vars["hostvars"], args["hosts"], args["rails_variable"])
+    options = {"release": args["release"], "aligned": args["aligned"], "hold_days": args["release_hold"], "now": now}
+    return lambda base: _filter("roce_ipam_assign")(base, args["pools"], requests, **options)
+
+
 def _module_python(name):
     """A module of the project's library, imported as Python (as its unit tests do)."""
     path = module_loader.find_plugin(name)
@@ -144,22 +152,13 @@ class ActionModule(ActionBase):
         if args["backend"] == "postgresql":
             return self._postgresql(result, args, task_vars, verify)
         path = ledger_file(args["ledger_path"])
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
-            requests = _filter("roce_ipam_requests")(task_vars["hostvars"], args["hosts"], args["rails_variable"])
+            assign = _assigner(args, task_vars)
             text = read_ledger_text(path)
             if text is None and (verify or not args["ledger_init"]):
                 raise AnsibleActionFail(missing_ledger(path, verify))
             base = None if text is None else read_ledger(path, text)
-            allocated = _filter("roce_ipam_assign")(
-                base,
-                args["pools"],
-                requests,
-                release=args["release"],
-                aligned=args["aligned"],
-                hold_days=args["release_hold"],
-                now=now,
-            )
+            allocated = assign(base)
         except AnsibleFilterError as error:
             raise AnsibleActionFail(str(error)) from error
 
@@ -194,8 +193,7 @@ class ActionModule(ActionBase):
         """The same allocation against the shared store: one transaction, allocators serialised."""
         store = _module_python("ipam_postgresql")
         dsn = self._templar.template(task_vars.get(DSN_VARIABLE, "")) or ""
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        requests = _filter("roce_ipam_requests")(task_vars["hostvars"], args["hosts"], args["rails_variable"])
+        assign = _assigner(args, task_vars)
         outcome = {}
 
         def compute(base):
@@ -205,15 +203,7 @@ class ActionModule(ActionBase):
                     "from an empty ledger. Import the ledger (ansible-doc ipam_postgresql), or for the very first "
                     "run pass -e roce_ipam_ledger_init=true"
                 )
-            outcome["allocated"] = _filter("roce_ipam_assign")(
-                base,
-                args["pools"],
-                requests,
-                release=args["release"],
-                aligned=args["aligned"],
-                hold_days=args["release_hold"],
-                now=now,
-            )
+            outcome["allocated"] = assign(base)
             return outcome["allocated"]["ledger"]
 
         write = not verify and not self._task.check_mode
