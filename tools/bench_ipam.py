@@ -97,7 +97,10 @@ def file_backend_plus_one(ledger, count, rails):
         text = ledger.read_text()
         base = roce_ipam_ledger(text)
         result = roce_ipam_assign(base, pools(rails), requests, hold_days=7, now="2026-01-01T00:00:00Z")
-        written = ipam_ledger.update_ledger(str(ledger), result["ledger"], base, base_text=text)
+        # As roce_ipam_allocate calls it: the change as the filter computed it, the text as read.
+        written = ipam_ledger.update_ledger(
+            str(ledger), result["ledger"], base, base_text=text, changes=(result["taken"], result["freed"])
+        )
         elapsed = time.perf_counter() - started
         if len(written["added"]) != rails:
             sys.exit(f"+1 host: {len(written['added'])} allocations added, not {rails}")

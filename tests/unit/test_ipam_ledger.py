@@ -171,6 +171,41 @@ def test_property_render_writes_what_yaml_writes(allocations, released):
     assert yaml.safe_load(text) == ledger
 
 
+# Mostly values written bare, so that whole ledgers take the column-wise path of render.
+plain_values = st.one_of(
+    st.from_regex(r"[A-Za-z_/][A-Za-z0-9_./-]{0,6}|[0-9]{1,3}(\.[0-9]{1,3}){2,3}", fullmatch=True),
+    st.sampled_from(["yes", "0123", "1.5", "a b", "x\ny", "", "é"]),
+)
+plain_entries = st.fixed_dictionaries({key: plain_values for key in ledger_module.FIELDS})
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(plain_entries, min_size=1, max_size=8))
+def test_property_the_column_wise_lines_are_what_each_entry_writes(allocations):
+    ledger = {"version": 1, "allocations": allocations}
+    lines = ledger_module._plain_lines(allocations)
+    all_plain = all(
+        ledger_module._PLAIN_STRING.match(value) and value not in ledger_module._YAML_WORDS
+        for entry in allocations
+        for value in entry.values()
+    )
+    assert (lines is not None) == all_plain
+    assert ledger_module.render(ledger) == render_with_yaml(ledger)
+    assert yaml.safe_load(ledger_module.render(ledger)) == ledger
+
+
+def test_the_column_wise_lines_leave_anything_else_to_each_entry():
+    entry = {"pool": "rail0", "host": "node1", "device": "mlx5_0", "ip": "10.0.0.1"}
+    assert ledger_module._plain_lines([entry]) == ["  - {pool: rail0, host: node1, device: mlx5_0, ip: 10.0.0.1}\n"]
+    for odd in ({**entry, "host": 1}, {**entry, "host": "a\nb"}, {**entry, "ip": ["x"]}, {"pool": "rail0"}):
+        assert ledger_module._plain_lines([entry, odd]) is None
+    long_entry = {**entry, "host": "h" * ledger_module._LONGEST_BARE_LINE}
+    assert ledger_module._plain_lines([long_entry]) is None
+    assert ledger_module.render({"version": 1, "allocations": [long_entry]}) == render_with_yaml(
+        {"version": 1, "allocations": [long_entry]}
+    )
+
+
 def test_holds_compares_the_written_text_and_reads_any_other_text_as_yaml():
     ledger = ledger_for("node1", "node2")
     written = ledger_module.render(ledger)
