@@ -4,8 +4,10 @@
 
 One implementation for two callers: the `roce_fabric` module, and the node's boot unit
 (`hpc-roce.service` runs this file as a script on the JSON plan the role wrote), so that what
-the role applies and what comes back after a reboot cannot drift apart. Standard library only,
-Python 3.8 or newer: it runs on the targets.
+the role applies and what comes back after a reboot cannot drift apart. The module installs this
+file on the node itself (`roce_fabric` state=install), from the copy it was shipped with, so the
+boot program is always the code of the module that applied the plan. Standard library only,
+Python 3.8 or newer, no import of Ansible: it runs on the targets, without Ansible.
 
 Runtime settings, each read first and changed only where it differs:
 - Soft-RoCE (`rdma_rxe`) devices on their netdevs, where a rail asks for them (the lab);
@@ -17,6 +19,7 @@ Runtime settings, each read first and changed only where it differs:
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import json
 import os
@@ -463,8 +466,12 @@ def apply_hccn(runner, rail, netdetect):
 # --- the whole plan ------------------------------------------------------------------------
 
 
-def apply_plan(plan, runner, sys_root=SYS, configfs=CONFIGFS):
-    """Bring the runtime state to the plan. Returns the changes (made or, in check mode, due)."""
+def apply_plan(plan, runner, sys_root=None, configfs=None):
+    """Bring the runtime state to the plan. Returns the changes (made or, in check mode, due).
+
+    sys_root, configfs: where sysfs and configfs are; SYS and CONFIGFS as they are at the call.
+    """
+    sys_root, configfs = sys_root or SYS, configfs or CONFIGFS
     links = soft_roce_links(runner) if any(rail.get("soft_roce") for rail in plan["rails"]) else {}
     qos = plan["qos"]
     for rail in plan["rails"]:
@@ -485,8 +492,9 @@ def apply_plan(plan, runner, sys_root=SYS, configfs=CONFIGFS):
     return runner.changes
 
 
-def rail_status(plan, runner, sys_root=SYS, configfs=CONFIGFS):
+def rail_status(plan, runner, sys_root=None, configfs=None):
     """What the rails look like now: the verification facts."""
+    sys_root, configfs = sys_root or SYS, configfs or CONFIGFS
     status = {}
     for rail in plan["rails"]:
         if rail["npu"] is not None:
@@ -527,14 +535,26 @@ def _run(argv):
 
 
 def main(argv):
-    """hpc-roce-apply PLAN.json: re-apply the runtime settings at boot (hpc-roce.service)."""
-    if len(argv) != 2:
-        print("usage: hpc-roce-apply PLAN.json", file=sys.stderr)
-        return 2
-    with open(argv[1]) as handle:
-        plan = json.load(handle)
+    """roce.py [--sysfs DIR] [--configfs DIR] PLAN.json: re-apply the runtime settings at boot.
+
+    hpc-roce.service runs it on the plan the roce role wrote. --sysfs and --configfs point it at
+    other trees than /sys and /sys/kernel/config (the tests' fakes).
+    """
+    parser = argparse.ArgumentParser(
+        prog=os.path.basename(argv[0]), description="Re-apply the RoCE runtime settings of a plan."
+    )
+    parser.add_argument("--sysfs", default=SYS, help=f"where sysfs is (default {SYS})")
+    parser.add_argument("--configfs", default=CONFIGFS, help=f"where configfs is (default {CONFIGFS})")
+    parser.add_argument("plan", help="the JSON plan the roce role wrote (/etc/hpc-datapath/roce.json)")
+    options = parser.parse_args(argv[1:])
     try:
-        for change in apply_plan(plan, Runner(_run)):
+        with open(options.plan) as handle:
+            plan = json.load(handle)
+    except (OSError, ValueError) as error:
+        print(f"hpc-roce: reading the plan {options.plan}: {error}", file=sys.stderr)
+        return 1
+    try:
+        for change in apply_plan(plan, Runner(_run), sys_root=options.sysfs, configfs=options.configfs):
             print(f"hpc-roce: {change['why']}")
     except ApplyError as error:
         print(f"hpc-roce: {error}", file=sys.stderr)
