@@ -342,6 +342,63 @@ def test_duplicate_ledger_address_is_an_error():
     fails(r"pool rail0: ledger hands 10.10.0.1 to both a/d and b/d", ledger, RAILS, [])
 
 
+def test_one_key_twice_in_a_pool_is_an_error_whatever_objects_spell_it():
+    # Two entries of one (pool, host, device): once kept silently, the second address winning.
+    for pool_twice in ("rail0", "".join(["rail", "0"])):  # the same string object, or an equal one
+        ledger = ledger_of(("rail0", "a", "d", "10.10.0.1"), (pool_twice, "a", "d", "10.10.0.2"))
+        fails(r"the ledger holds two addresses for host a device d", ledger, RAILS, [req("a", "d")])
+        assert ipam._load_columns(ledger["allocations"], ipam._load_pools(RAILS)) is None
+
+
+POOLS_CHECKED = [
+    {"name": "rail0", "subnet": "10.10.0.0/24", "gateway": "10.10.0.254", "exclude": ["10.10.0.100/30"]},
+    {"name": "rail1", "subnet": "10.10.1.0/31"},
+    {
+        "name": "v6",
+        "subnet": "fd00::/120",
+        "gateway": "fd00::fe",
+        "reserved": [{"host": "r", "device": "d", "ip": "fd00::9"}],
+    },
+]
+ledger_entries = st.tuples(
+    st.sampled_from(["rail0", "rail1", "v6", "gone"]),
+    st.sampled_from(["a", "b", "c", "r"]),
+    st.sampled_from(["d", "e"]),
+    st.sampled_from(
+        ["10.10.0.1", "10.10.0.2", "10.10.0.0", "10.10.0.255", "10.10.0.254", "10.10.0.101", "10.10.0.010",
+         "10.10.1.0", "10.10.1.1", "fd00::1", "fd00::9", "fd00::", "fd00::ff", "fd00::fe", "fd00:0::2", "x"]
+    ),
+)  # fmt: skip
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(ledger_entries, max_size=6), st.booleans())
+def test_property_the_column_checks_accept_only_what_the_entry_checks_accept(entries, grouped):
+    # Whatever the ledger, checking it a column at a time either gives way to the entry by entry
+    # checks (None) or gives exactly what they give; it never accepts what they refuse.
+    if grouped:
+        entries = sorted(entries, key=lambda entry: entry[0])
+    allocations = ledger_of(*entries)["allocations"]
+    columns = ipam._load_columns(allocations, ipam._load_pools(POOLS_CHECKED))
+    try:
+        by_entry = ipam._load_entries(allocations, ipam._load_pools(POOLS_CHECKED))
+    except AnsibleFilterError:
+        assert columns is None
+    else:
+        assert columns in (None, by_entry)
+
+
+def test_a_ledger_as_written_is_checked_a_column_at_a_time():
+    requests = [req(f"node{n}", f"mlx5_{r}", f"rail{r}") for n in range(1, 60) for r in (0, 1)]
+    ledger = assign(None, RAILS, requests[:100])["ledger"]
+    pools = ipam._load_pools(RAILS)
+    assert ipam._load_columns(ledger["allocations"], pools) == ipam._load_entries(ledger["allocations"], pools)
+    assert ipam._load_columns(ledger["allocations"], pools) is not None
+    shuffled = ledger["allocations"][1::2] + ledger["allocations"][::2]  # pools no longer in runs
+    assert ipam._load_columns(shuffled, pools) is None
+    assert assign({"version": 1, "allocations": shuffled}, RAILS, requests[:100])["ledger"] == ledger
+
+
 def test_non_canonical_ledger_address_is_an_error():
     pools = [{"name": "v6", "subnet": "fd00::/64"}]
     fails(
@@ -717,6 +774,34 @@ def test_property_bare_values_are_read_as_yaml_reads_them(entries):
         assert yaml.safe_load(text) == read
 
 
+plain_values = st.one_of(
+    st.from_regex(r"[A-Za-z_/][A-Za-z0-9_./-]{0,6}|[0-9]{1,3}(\.[0-9]{1,3}){1,3}", fullmatch=True),
+    st.sampled_from(["yes", "No", "null", "0123", "1.5", "1.2.3", "é", "a b", "-a"]),
+)
+plain_entries = st.fixed_dictionaries({key: plain_values for key in ("pool", "host", "device", "ip")})
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(plain_entries, min_size=1, max_size=6), st.booleans())
+def test_property_a_ledger_of_plain_values_is_read_as_yaml_reads_it(entries, unquote):
+    # The one findall of _PLAIN_ENTRIES takes the tokens as the values only where each is a string
+    # to YAML; a YAML word or number, unquoted, sends the block to the token-by-token reader.
+    text = ledger_module.render({"version": 1, "allocations": entries})
+    if unquote:
+        text = text.replace("'", "")
+    read = ipam._read_written_form(text)
+    if read is not None:
+        assert yaml.safe_load(text) == read
+    plain = all(
+        ipam._PLAIN_STRING.match(value) and value not in ipam._YAML_WORDS
+        for entry in entries
+        for value in entry.values()
+    )
+    if plain:
+        assert read == {"version": 1, "allocations": entries}
+        assert len(ipam._PLAIN_ENTRIES.findall(text)) == len(entries)
+
+
 # --- released addresses held back ---------------------------------------------------------------
 
 DAY0 = "2026-01-10T12:00:00Z"
@@ -879,3 +964,22 @@ def test_the_change_is_listed_as_lines():
     assert second["freed"] == ["rail0 node1 mlx5_0 10.10.0.1"]
     back = assign(first["ledger"], RAILS, [req("node1"), req("node2")], release="node1")  # no hold: .1 again
     assert (back["taken"], back["freed"], back["changed"]) == ([], [], False)
+
+
+def test_the_collector_is_paused_only_while_a_filter_runs():
+    import gc  # noqa: PLC0415
+
+    seen = []
+    paused = ipam._collector_paused(lambda fail: seen.append(gc.isenabled()) or (fail and 1 / 0))
+    assert gc.isenabled()
+    paused(False)
+    with pytest.raises(ZeroDivisionError):
+        paused(True)
+    assert gc.isenabled()  # restored, also after an error
+    gc.disable()
+    try:
+        paused(False)
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()
+    assert seen == [False, False, False]
