@@ -32,7 +32,7 @@ def detect(module, variable, wanted):
 
 
 # NetworkManager checkpoints over D-Bus (busctl, which every systemd system has): the node's own
-# rollback timer, armed by nm_checkpoint and disarmed by it or by network_confirm.
+# rollback timer, armed by network_config and disarmed by network_confirm.
 NM_SERVICE = "org.freedesktop.NetworkManager"
 NM_OBJECT = "/org/freedesktop/NetworkManager"
 

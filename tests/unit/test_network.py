@@ -266,11 +266,6 @@ def test_nm_ipv6_routes_and_rules_go_to_the_ipv6_section():
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a route with a metric but no gateway is written 'to,metric'; NetworkManager's keyfile reader "
-    "takes the metric for an IPv4 gateway and ignores the route ('ignoring invalid gateway'); 'to,,metric'",
-)
 def test_nm_route_with_a_metric_and_no_gateway_keeps_the_gateway_field_empty():
     interface = {
         "name": "eth1",
@@ -525,11 +520,6 @@ def test_check_model_refuses_names_the_kernel_or_a_path_refuses(name):
     assert problems == [f"interface name {name!r} is not a valid interface name"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: check_model matches str(name): None and numbers pass as names 'None' and '5', end up in "
-    "file names (hpc-x-None.nmconnection) and never match a kernel ifname in drift",
-)
 @pytest.mark.parametrize("name", [None, 5])
 def test_check_model_refuses_names_that_are_not_strings(name):
     assert check_model("x", [{"name": name, "kind": "ethernet", "mtu": 1500}]) != []
@@ -594,11 +584,6 @@ def test_check_model_refuses_bad_addresses_kinds_and_vlan_links():
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: check_model does not check the VLAN id (nor autoconnect_priority), which is written "
-    "verbatim into the keyfile: a string with a newline adds keys of its own",
-)
 @pytest.mark.parametrize("vid", ["100\n[ipv4]\nmethod=auto", 4095, -1, None])
 def test_check_model_refuses_a_vlan_id_outside_the_kernels_range(vid):
     vlan = bond_model()[1]
@@ -806,9 +791,6 @@ def test_module_constants_are_absolute_paths():
     assert all(p.startswith("/etc/") for p in (network.NM_PROFILES, network.NM_CONF, network.NETPLAN))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: autoconnect_priority is written verbatim into [connection] and check_model lets it pass"
-)
 def test_check_model_refuses_an_autoconnect_priority_that_is_not_a_number():
     rail = rail_interfaces(plan_rails(), 9000)[0]
     assert check_model("roce", [{**rail, "autoconnect_priority": "100\nmaster=bond0\nslave-type=bond"}]) != []

@@ -381,12 +381,6 @@ def test_another_owners_netplan_file_that_cannot_be_read_stops_the_run_naming_it
     assert result["msg"].startswith(f"{garbage}: cannot be read as the network layer writes it")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=configparser.Error,
-    reason="bug: Change._read catches ValueError & co. but not configparser.Error, which parse_keyfile raises "
-    "for a file that is no keyfile (MissingSectionHeaderError): a traceback instead of the file's name",
-)
 def test_an_owner_keyfile_that_cannot_be_read_stops_the_run_naming_it(node, capsys):
     garbage = node["profiles"] / "hpc-roce-enp0s9.nmconnection"
     garbage.write_text("garbage\n")
