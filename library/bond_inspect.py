@@ -93,6 +93,11 @@ interfaces:
     form and C(routes) ({to, via, metric}, C(default) spelled out as 0.0.0.0/0 or ::/0).
   returned: always
   type: dict
+network:
+  description: The bond and its VLANs in the network layer's model (module_utils/hpc_datapath/network.py).
+  returned: always
+  type: list
+  elements: dict
 drift:
   description: Where the running bond differs from the configuration; empty when in sync.
   returned: always
@@ -133,6 +138,49 @@ def ip_settings(addresses, routes):
         entry = {"to": str(ipaddress.ip_network(str(to))), "via": str(via), "metric": route.get("metric")}
         result[f"ipv{via.version}"]["routes"].append(entry)
     return result
+
+
+def network_of(config, members, interfaces):
+    """The bond and its VLANs in the network layer's model (module_utils/hpc_datapath/network.py)."""
+    hashes = config["mode"] in ("802.3ad", "balance-xor", "balance-tlb")
+    bond = {
+        "mode": config["mode"],
+        "miimon": config["miimon"],
+        "lacp_rate": config["lacp_rate"],
+        "xmit_hash_policy": config["xmit_hash_policy"] if hashes else None,
+    }
+
+    def ip(device):
+        families = (interfaces[device]["ipv4"], interfaces[device]["ipv6"])
+        return {
+            "addresses": [a for f in families for a in f["addresses"]],
+            "routes": [r for f in families for r in f["routes"]],
+            "ipv6": "manual",
+        }
+
+    network = [
+        {
+            "name": config["name"],
+            "kind": "bond",
+            "mtu": config["mtu"],
+            "members": [m["name"] for m in members],
+            "bond": bond,
+            **ip(config["name"]),
+        }
+    ]
+    for vlan in config["vlans"]:
+        device = f"{config['name']}.{vlan['id']}"
+        mtu = config["mtu"] if vlan.get("mtu") is None else vlan["mtu"]
+        network.append(
+            {
+                "name": device,
+                "kind": "vlan",
+                "mtu": mtu,
+                "vlan": {"id": vlan["id"], "link": config["name"]},
+                **ip(device),
+            }
+        )
+    return network
 
 
 def drift_of(module, config, members, status, interfaces):
@@ -186,12 +234,13 @@ def main():
     status = bond_status(config["name"], root)
     if status is not None:
         status["addresses"] = {device: addresses_of(module, device) for device in devices}
-    drift, interfaces = [], {}
+    drift, interfaces, network = [], {}, []
     if not problems:
         interfaces = {config["name"]: ip_settings(config["addresses"], config["routes"])}
         for device, vlan in zip(devices[1:], config["vlans"], strict=True):
             interfaces[device] = ip_settings(vlan.get("addresses") or [], vlan.get("routes") or [])
         drift = drift_of(module, config, members, status, interfaces)
+        network = network_of(config, members, interfaces)
     module.exit_json(
         changed=False,
         problems=problems,
@@ -201,6 +250,7 @@ def main():
         nm_running=nm_running,
         devices=devices,
         interfaces=interfaces,
+        network=network,
         status=status,
         drift=drift,
     )

@@ -1,10 +1,10 @@
-"""What the bond role says after an unconfirmed change (roles/bond/tasks/rollback_report.yml).
+"""What the network layer says after an unconfirmed change (roles/network_change/tasks/rollback_report.yml).
 
-The role's own task file runs on this machine, once per state a node can be in after its rollback
-timer left: one inventory host per state, each with its own saved directory and markers as the
-rollback script leaves them, and a `systemctl` stub that answers `systemctl show` for that host
-(the real unit is transient and collected, so it is usually "not-found"). Only a rolled-back
-marker may read as a rollback.
+Run as the bond role calls it (owner bond, label bond0). The role's own task file runs on this
+machine, once per state a node can be in after its rollback timer left: one inventory host per
+state, each with its own saved directory and markers as the rollback script leaves them, and a
+`systemctl` stub that answers `systemctl show` for that host (the real unit is transient and
+collected, so it is usually "not-found"). Only a rolled-back marker may read as a rollback.
 """
 
 import json
@@ -39,7 +39,7 @@ HOSTS = {
 }
 
 PLAYBOOK = """
-- name: Report an unconfirmed change as the bond role does
+- name: Report an unconfirmed change as the network layer does for the bond
   hosts: all
   gather_facts: false
   environment:
@@ -62,16 +62,17 @@ PLAYBOOK = """
         mode: "0644"
       loop: "{{ markers | dict2items }}"
 
-    - name: Point the role at it (above the role's own vars)
-      ansible.builtin.set_fact:
-        __bond_netplan_saved: "{{ out }}/{{ inventory_hostname }}"
-
     - name: Run the role's report
       block:
         - name: Report
           ansible.builtin.include_role:
-            name: bond
+            name: network_change
             tasks_from: rollback_report.yml
+          vars:
+            network_change_owner: bond
+            network_change_label: bond0
+            network_change_backend: "{{ backend }}"
+            network_change_rollback_dir: "{{ out }}/{{ inventory_hostname }}"
 
         - name: It must fail
           ansible.builtin.copy:
@@ -102,8 +103,8 @@ def messages(tmp_path_factory):
                 "ansible_python_interpreter": sys.executable,
                 "out": str(out),
                 "stubs": str(stubs),
-                "bond_rollback_timeout": 45,
-                "__bond_failure": FAILURE,
+                "network_change_rollback_timeout": 45,
+                "__network_change_failure": FAILURE,
             },
             "hosts": {
                 name: {
@@ -111,8 +112,8 @@ def messages(tmp_path_factory):
                     "show": host["show"],
                     "show_rc": host.get("show_rc", 0),
                     "show_err": host.get("show_err", ""),
-                    "__bond_back": {"failed": host.get("back_failed", False)},
-                    "__bond_inspect": {"backend": host.get("backend", "netplan")},
+                    "__network_change_back": {"failed": host.get("back_failed", False)},
+                    "backend": host.get("backend", "netplan"),
                 }
                 for name, host in HOSTS.items()
             },

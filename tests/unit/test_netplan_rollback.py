@@ -1,4 +1,4 @@
-"""The bond role's netplan rollback script (roles/bond/files/hpc-netplan-rollback), run for real.
+"""The netplan rollback script (roles/network_change/files/hpc-netplan-rollback), run for real.
 
 The script works on /etc/netplan and nothing else names it, so each run happens in a mount
 namespace of its own (`unshare -rm`) where a temporary directory is bind-mounted over /etc: the
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "roles" / "bond" / "files" / "hpc-netplan-rollback"
+SCRIPT = ROOT / "roles" / "network_change" / "files" / "hpc-netplan-rollback"
 SHELLS = [shell for shell in ("dash", "bash") if shutil.which(shell)]
 
 STUB = """#!/bin/sh
@@ -63,7 +63,7 @@ def node(tmp_path):
 
 
 def start(node, shell, **env):
-    command = f'mount --bind "$1" /etc && exec {shell} "$2" "$3"'
+    command = f'mount --bind "$1" /etc && exec {shell} "$2" "$3" hpc-bond'
     return subprocess.Popen(
         ["unshare", "-rm", "sh", "-c", command, "sh", str(node / "etc"), str(SCRIPT), str(node / "saved")],
         env={
