@@ -81,6 +81,10 @@ options:
     description: Netdetect address of the NPU ports; empty takes the pool gateway.
     type: str
     default: ""
+  sysctl_file:
+    description: The role's sysctl.d file of per-port ARP settings; lines of netdevs no longer rails are reported.
+    type: path
+    default: /etc/sysctl.d/90-hpc-roce.conf
   backend:
     description: Network backend for the rail addresses.
     type: str
@@ -125,6 +129,16 @@ backend:
   description: The network backend for the rail addresses.
   returned: state=plan
   type: str
+network:
+  description: The rails with a netdev in the network layer's model (module_utils/hpc_datapath/network.py).
+  returned: always
+  type: list
+  elements: dict
+stale_sysctls:
+  description: ARP lines of the sysctl file of netdevs no longer source-routed rails ({key, netdev, default}).
+  returned: always
+  type: list
+  elements: dict
 stale_addresses:
   description: Per netdev, the IPv4 addresses on a rail that the plan does not name.
   returned: state=plan
@@ -164,6 +178,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.hpc_datapath import roce as roce_utils
 from ansible.module_utils.hpc_datapath.iproute import addresses_of, default_route_netdevs
 from ansible.module_utils.hpc_datapath.netbackend import detect
+from ansible.module_utils.hpc_datapath.network import rail_interfaces, stale_netdev_sysctls
 from ansible.module_utils.hpc_datapath.roce import (
     ApplyError,
     Runner,
@@ -207,6 +222,26 @@ def resolve_qos_tool(module, wanted, netdevs):
     )
 
 
+# The per-port ARP settings of source-routed rails (roles/roce/vars/main.yml).
+ARP_SYSCTLS = ("arp_ignore", "arp_announce", "rp_filter")
+
+
+def stale_sysctls(path, rails):
+    """The ARP lines in the role's sysctl file of netdevs that are no longer source-routed rails."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return []
+    kept = {rail["netdev"] for rail in rails if rail["netdev"] and rail["source_routing"]}
+
+    def default_of(name):
+        with open(f"/proc/sys/net/ipv4/conf/default/{name}", encoding="utf-8") as handle:
+            return int(handle.read())
+
+    return stale_netdev_sysctls(text, kept, ARP_SYSCTLS, default_of)
+
+
 def plan(module):
     params = module.params
     qos = dict(QOS_DEFAULTS, **(params["qos"] or {}))
@@ -247,6 +282,8 @@ def plan(module):
         changed=False,
         problems=problems,
         stale_addresses=stale,
+        network=rail_interfaces(rails, params["mtu"]),
+        stale_sysctls=stale_sysctls(params["sysctl_file"], rails),
         backend=backend,
         nm_installed=nm_installed,
         nm_running=nm_running,
@@ -361,6 +398,7 @@ def main():
             "state": {"type": "str", "choices": ["plan", "apply", "install"], "default": "plan"},
             "boot_program": {"type": "path"},
             "rails": {"type": "list", "elements": "dict", "default": []},
+            "sysctl_file": {"type": "path", "default": "/etc/sysctl.d/90-hpc-roce.conf"},
             "addresses": {"type": "dict", "default": {}},
             "mtu": {"type": "int", "default": 9000},
             "rdma_mtu": {"type": "int", "default": 4096},

@@ -49,10 +49,11 @@ def listed(*args):
     [
         ("preflight", {"preflight"}),
         ("nvme", {"preflight", "nvme_storage"}),
-        ("bond", {"preflight", "bond"}),
+        # The bond and the rails change the network through the one network layer (network_change).
+        ("bond", {"preflight", "bond", "network_change"}),
         ("rdma", {"preflight", "rdma_stack"}),
         # The rails read the addresses that the IPAM play allocates in the same run.
-        ("roce", {"preflight", IPAM, "roce"}),
+        ("roce", {"preflight", IPAM, "roce", "network_change"}),
         ("ipam", {"preflight", IPAM}),
     ],
 )
