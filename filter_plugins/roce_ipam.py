@@ -662,7 +662,7 @@ def roce_ipam_assign(ledger, pools, requests, release=None, aligned=False, *, ho
     placed = dict(zip(map(itemgetter(1, 2), held), map(itemgetter(0), held), strict=True))  # (host, device): pool
     # The requests that no held key answers: new keys, and keys held in another pool (one set
     # difference in C, instead of a lookup a key).
-    unanswered = wanted.items() - placed.items()
+    unanswered = wanted.items() - placed.items() if placed else list(wanted.items())
     moved = [(key, pool_name) for key, pool_name in unanswered if key in placed]
     if moved:
         (host, device), wanted_pool = min(moved)
