@@ -151,7 +151,8 @@ def render(ledger):
 
     yaml.safe_dump takes 10 s for 80,000 allocations; here an entry whose values YAML writes bare
     is written directly, any other through yaml.safe_dump as before. The released section is
-    written only when an address is held back; the end line counts both.
+    written only when an address is held back; the end line counts both. The text is the
+    concatenation of each entry's line (entry_writer), which spliced relies on.
     """
     released = ledger.get("released") or []
     lines = [
@@ -159,6 +160,17 @@ def render(ledger):
         f"version: {int(ledger['version'])}\n",
         "allocations:\n" if ledger["allocations"] else "allocations: []\n",
     ]
+    entry_line = entry_writer()
+    lines += _plain_lines(ledger["allocations"]) or [entry_line(entry, FIELDS) for entry in ledger["allocations"]]
+    if released:
+        lines.append("released:\n")
+        lines += [entry_line(entry, RELEASED_FIELDS) for entry in released]
+    lines.append(end_line(len(ledger["allocations"]), len(released)))
+    return "".join(lines)
+
+
+def entry_writer():
+    """entry_line(entry, fields): an entry's line of the ledger file, as yaml.safe_dump writes it."""
     resolver, bare = yaml.resolver.Resolver(), {}
 
     def is_bare(value):
@@ -183,12 +195,34 @@ def render(ledger):
         mapping = {key: str(entry[key]) for key in fields}
         return "  - " + yaml.safe_dump(mapping, default_flow_style=True, sort_keys=False, width=1 << 16)
 
-    lines += _plain_lines(ledger["allocations"]) or [entry_line(entry, FIELDS) for entry in ledger["allocations"]]
-    if released:
-        lines.append("released:\n")
-        lines += [entry_line(entry, RELEASED_FIELDS) for entry in released]
-    lines.append(end_line(len(ledger["allocations"]), len(released)))
-    return "".join(lines)
+    return entry_line
+
+
+def spliced(text, entries, allocations):
+    """What render writes for the ledger `text` holds plus new allocations, without reading it: the
+    text with each new entry's line put in before the allocation line it is given (entries:
+    [(line, entry)], in order; 0 the first allocation line, `allocations` the end), the end line
+    counting them too. `text` must be what render wrote for `allocations` allocations and no
+    released entry (roce_ipam_allocate's cache vouches for it); None when it plainly is not.
+    """
+    opening = f"{HEADER}version: 1\nallocations:\n"
+    closing = end_line(allocations, 0)
+    if not text.startswith(opening) or not text.endswith(closing) or not allocations:
+        return None
+    lines = text[len(opening) : len(text) - len(closing)].split("\n")
+    if len(lines) != allocations + 1 or lines[-1]:
+        return None
+    entry_line = entry_writer()
+    out, previous = [], 0
+    for line, entry in entries:
+        if not previous <= line <= allocations:
+            return None
+        out += lines[previous:line]
+        out.append(entry_line(entry, FIELDS).removesuffix("\n"))
+        previous = line
+    out += lines[previous:allocations]
+    body = "\n".join(out)
+    return f"{opening}{body}\n{end_line(len(out), 0)}"
 
 
 def _plain_lines(allocations):
@@ -273,20 +307,22 @@ def locked_directory(directory):
 _UNREAD = object()
 
 
-def write_ledger(path, ledger, base, check_mode=False, *, base_text=_UNREAD):
+def write_ledger(path, ledger, base, check_mode=False, *, base_text=_UNREAD, after=None):
     """(changed, before text, after text); raises LedgerConflict when the file is no longer base.
 
     A symbolic link is followed: the lock is taken on the directory of the file it names, and
     that file is replaced, so that two writers through two links to one file still exclude each
     other. The file keeps its mode (and owner, where this process may set it). When base_text is
     given (the exact text the allocation read, None for no file), the file must still hold that
-    very text; otherwise it must hold base as data.
+    very text; otherwise it must hold base as data. `after`, when given, is the text to write,
+    render(ledger) computed elsewhere (spliced).
     """
     real = os.path.realpath(path)
     directory = os.path.dirname(real)
     if not check_mode:
         os.makedirs(directory, exist_ok=True)
-    after = render(ledger)
+    if after is None:
+        after = render(ledger)
     if not os.path.isdir(directory):  # check mode, nothing there yet
         return True, "", after
     with locked_directory(directory) as directory_fd:
@@ -360,16 +396,40 @@ def _collector_paused(function):
 
 
 @_collector_paused
-def update_ledger(path, ledger, base, check_mode=False, diff=False, *, base_text=_UNREAD, changes=None):
+def update_ledger(
+    path, ledger, base, check_mode=False, diff=False, *, base_text=_UNREAD, changes=None, keep_text=False
+):
     """The module's whole job as a function: write the ledger and return the module's result.
 
     The roce_ipam_allocate action calls it in the controller's own process: as module arguments,
     80,000 allocations (twice: ledger and base) cost Ansible 15 s of copies, checks and logging.
+    keep_text: the result also holds the text the file holds now under 'text' (for the action's
+    cache key; never part of the module's result).
     """
     if not isinstance(ledger, dict) or not isinstance(ledger.get("allocations"), list) or ledger.get("version") != 1:
         raise LedgerError("ledger must be {version: 1, allocations: [...]}, as roce_ipam_assign returns it")
+    if changes is None:
+        old, new = (set(), set()) if base == ledger else (entry_lines(base), entry_lines(ledger))
+        changes = (new - old, old - new)
+    result = _written(path, (ledger, base, check_mode), base_text, None, len(ledger["allocations"]), changes, diff)
+    if not keep_text:
+        del result["text"]
+    return result
+
+
+def update_ledger_text(path, after, *, base_text, allocations, changes, diff=False):
+    """update_ledger for a text made elsewhere, the ledger as read plus new lines (spliced): written
+    the same way, under the same lock, only while the file still holds base_text."""
+    result = _written(path, (None, None, False), base_text, after, allocations, changes, diff)
+    del result["text"]
+    return result
+
+
+def _written(path, computed, base_text, after, *counts):
+    """write_ledger's result as the module's; computed: (ledger, base, check_mode)."""
+    allocations, changes, diff = counts
     try:
-        changed, before, after = write_ledger(path, ledger, base, check_mode, base_text=base_text)
+        changed, before, after = write_ledger(path, *computed, base_text=base_text, after=after)
     except LedgerConflict:
         raise LedgerError(
             f"{path} changed after it was read (another run wrote it); nothing was written. "
@@ -377,17 +437,13 @@ def update_ledger(path, ledger, base, check_mode=False, diff=False, *, base_text
         ) from None
     except (OSError, KeyError, TypeError, ValueError) as error:
         raise LedgerError(f"cannot write the ledger {path}: {error}") from error
-    if changes is not None:  # (added, removed) as roce_ipam_assign knows them: no 80,000-line sets
-        added, removed = sorted(changes[0]), sorted(changes[1])
-    else:
-        old, new = (set(), set()) if base == ledger else (entry_lines(base), entry_lines(ledger))
-        added, removed = sorted(new - old), sorted(old - new)
     result = {
         "changed": changed,
         "path": path,
-        "allocations": len(ledger["allocations"]),
-        "added": added,
-        "removed": removed,
+        "allocations": allocations,
+        "added": sorted(changes[0]),
+        "removed": sorted(changes[1]),
+        "text": after,
     }
     if diff and changed:
         result["diff"] = {"before": before, "after": after, "before_header": path, "after_header": path}

@@ -285,3 +285,36 @@ def test_property_what_is_written_bare_without_the_resolver_is_a_string_to_yaml(
     for module in (ledger_module, ipam):
         if module._PLAIN_STRING.match(value) and value not in module._YAML_WORDS:
             assert resolver.resolve(yaml.ScalarNode, value, (True, False)) == "tag:yaml.org,2002:str"
+
+
+# --- spliced: new lines put into a rendered text, the bytes render writes ---------------------------
+
+
+def test_spliced_puts_new_lines_where_render_would():
+    old = ledger_for("node1", "node3")
+    new = {
+        "version": 1,
+        "allocations": [
+            {"pool": "rail0", "host": "node0", "device": "yes", "ip": "10.10.0.0"},
+            *old["allocations"][:1],
+            {"pool": "rail0", "host": "0123", "device": "mlx5_0", "ip": "10.10.0.9"},
+            *old["allocations"][1:],
+            {"pool": "rail1", "host": "node3", "device": "mlx5_1", "ip": "10.11.0.1"},
+        ],
+    }
+    entries = [(0, new["allocations"][0]), (1, new["allocations"][2]), (2, new["allocations"][4])]
+    assert ledger_module.spliced(ledger_module.render(old), entries, 2) == ledger_module.render(new)
+    assert ledger_module.spliced(ledger_module.render(old), [], 2) == ledger_module.render(old)
+
+
+def test_spliced_refuses_a_text_render_did_not_write_for_that_count():
+    old = ledger_for("node1", "node2")
+    text = ledger_module.render(old)
+    entry = {"pool": "rail0", "host": "node3", "device": "mlx5_0", "ip": "10.10.0.3"}
+    assert ledger_module.spliced(text, [(2, entry)], 3) is None  # another count
+    assert ledger_module.spliced(text.replace("---\n", "", 1), [(2, entry)], 2) is None  # another header
+    assert ledger_module.spliced(text, [(3, entry)], 2) is None  # past the end
+    released = {**old, "released": [{**entry, "released_at": "2026-01-01T00:00:00Z"}]}
+    assert ledger_module.spliced(ledger_module.render(released), [(2, entry)], 2) is None
+    empty = ledger_module.render({"version": 1, "allocations": []})
+    assert ledger_module.spliced(empty, [(0, entry)], 0) is None
