@@ -22,7 +22,7 @@ from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache, wraps
-from itertools import chain, pairwise, repeat
+from itertools import accumulate, chain, compress, pairwise, repeat
 from operator import add, itemgetter
 
 import netaddr
@@ -724,6 +724,226 @@ def roce_ipam_assign(ledger, pools, requests, release=None, aligned=False, *, ho
         "taken": sorted(taken - freed),
         "freed": sorted(freed - taken),
     }
+
+
+# --- new keys against a ledger checked before: roce_ipam_allocate's cache -------------------------
+#
+# Beside a ledger file it wrote, roce_ipam_allocate keeps a picture of it (ledger_state): per pool,
+# in the file's order, its hosts, devices and addresses as columns, and its taken addresses as
+# intervals. The action trusts a picture only for the very bytes, pools, options and code it was
+# made with. A run whose only change is keys the ledger does not hold yet then needs none of the
+# ledger's 80,000 checks again: roce_ipam_assign_added allocates the new keys as roce_ipam_assign
+# would, and says where their lines go.
+
+STATE_VERSION = 1
+
+
+def ledger_state(ledger, pools):
+    """The picture of a ledger as roce_ipam_assign returns it (by pool, then address), or None when
+    there is none to keep: no allocation, addresses held back after a release, a value holding a
+    new line, entries not in that order."""
+    if not isinstance(ledger, dict) or ledger.get("released") or not ledger.get("allocations"):
+        return None
+    pools_by_name = _load_pools(pools)
+    entries = ledger["allocations"]
+    names, hosts, devices, ips = (list(map(itemgetter(field), entries)) for field in ALLOCATION_FIELDS)
+    runs, start = [], 0
+    for name in sorted(set(names)):
+        pool, size = pools_by_name.get(name), names.count(name)
+        if pool is None or names[start : start + size].count(name) != size:
+            return None
+        columns = [column[start : start + size] for column in (hosts, devices, ips)]
+        texts = ["\n".join(column) for column in columns]
+        if any(text.count("\n") != size - 1 for text in texts):
+            return None
+        family = _FAMILY[pool.version]
+        try:
+            packed = list(map(socket.inet_pton, repeat(family, size), columns[2]))
+        except (OSError, TypeError):
+            return None
+        numbers = list(map(int.from_bytes, packed, repeat("big", size)))
+        if any(map(int.__ge__, numbers, numbers[1:])):  # not strictly by address
+            return None
+        run = dict(zip(("name", "count", "hosts", "devices", "ips"), (name, size, *texts), strict=True))
+        runs.append({**run, "taken": _intervals(numbers)})
+        start += size
+    return {"version": STATE_VERSION, "allocations": len(entries), "pools": runs}
+
+
+def _intervals(numbers):
+    """[[first, last], ...]: the runs of consecutive integers of a strictly increasing list."""
+    if not numbers:
+        return []
+    # Where a run ends: the positions whose next number is not one more.
+    ends = list(compress(range(len(numbers) - 1), map(int.__ne__, numbers[1:], map(add, numbers, repeat(1)))))
+    firsts = [numbers[0], *(numbers[end + 1] for end in ends)]
+    lasts = [*(numbers[end] for end in ends), numbers[-1]]
+    return [list(pair) for pair in zip(firsts, lasts, strict=True)]
+
+
+class _NotPictured(Exception):
+    """roce_ipam_assign_added cannot answer: roce_ipam_assign must."""
+
+
+@_collector_paused
+def roce_ipam_assign_added(state, pools, requests, aligned=False):
+    """roce_ipam_assign(ledger, pools, requests, aligned=aligned), less its ledger, for the ledger
+    `state` pictures (ledger_state), when the run only adds keys; None whenever roce_ipam_assign
+    itself must answer (a key requested from another pool, a reservation, an aligned host that
+    holds addresses already, a pool exhausted, a request it refuses, a picture it cannot use).
+
+    Adds 'entries': the new allocations as (line, entry), `line` being the position among the
+    ledger's allocation lines before which the entry's line goes (in the file's order); and
+    'state': the picture of the ledger with them.
+    """
+    try:
+        return _assign_added(state, pools, requests, aligned)
+    except (_NotPictured, AnsibleFilterError, LookupError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _assign_added(state, pools, requests, aligned):
+    if state.get("version") != STATE_VERSION:
+        raise _NotPictured
+    pools_by_name = _load_pools(pools)
+    if any(pool.reserved for pool in pools_by_name.values()):
+        raise _NotPictured
+    wanted = _load_requests(requests, pools_by_name)
+    runs, columns, placed = _pictured(state, pools_by_name)
+    unheld = _unheld(wanted, placed)
+    new_keys = _in_natural_order(unheld)
+    if aligned and new_keys and not {host for (host, _), _ in new_keys}.isdisjoint(map(itemgetter(0), placed)):
+        raise _NotPictured  # _allocate_aligned would read the offsets such a host holds
+    for pool_name in {pool_name for _, pool_name in new_keys} & runs.keys():
+        taken = pools_by_name[pool_name]._next
+        for first, last in runs[pool_name]["taken"]:
+            taken.update(dict.fromkeys(range(first, last + 1), last + 1))
+    held = {}
+    (_allocate_aligned if aligned else _allocate)(pools_by_name, held, new_keys)
+
+    added = []  # (pool, address, host, device, text), by pool then address
+    for (host, device), pool_name in new_keys:
+        if "\n" in host or "\n" in device:
+            raise _NotPictured
+        address = held[(pool_name, host, device)]
+        added.append((pool_name, address, host, device, format_address(address, pools_by_name[pool_name].version)))
+    added.sort()
+    entries, pictured = _placed_lines(runs, columns, added)
+    every = len(wanted) - len(unheld) == len(placed)  # every key the ledger holds is requested
+    return {
+        "changed": bool(added),
+        "allocations": _allocations(pools_by_name, wanted, columns, added, every=every),
+        "taken": sorted(f"{pool_name} {host} {device} {text}" for pool_name, _, host, device, text in added),
+        "freed": [],
+        "entries": entries,
+        "state": {"version": STATE_VERSION, "allocations": state["allocations"] + len(added), "pools": pictured},
+    }
+
+
+def _allocations(pools, wanted, columns, added, *, every):
+    """roce_ipam_assign's allocations, {host: {device: {address, prefix, pool, gateway}}}, of the
+    requests: when every key the ledger holds is requested (the usual case), the ledger's columns
+    a pool at a time and the keys added; else request by request."""
+    facts = {name: (pool.prefix, pool.gateway_text) for name, pool in pools.items()}
+    allocations = defaultdict(dict)
+    if every:
+        for name, (hosts, devices, ips) in columns.items():
+            prefix, gateway = facts[name]
+            infos = [{"address": ip, "prefix": prefix, "pool": name, "gateway": gateway} for ip in ips]
+            for host, device, info in zip(hosts, devices, infos, strict=True):
+                allocations[host][device] = info
+        for pool_name, _, host, device, text in added:
+            prefix, gateway = facts[pool_name]
+            allocations[host][device] = {"address": text, "prefix": prefix, "pool": pool_name, "gateway": gateway}
+        return dict(allocations)
+    address_of = {}
+    for hosts, devices, ips in columns.values():
+        address_of.update(zip(zip(hosts, devices, strict=True), ips, strict=True))
+    address_of.update(((host, device), text) for _, _, host, device, text in added)
+    for key, pool_name in wanted.items():
+        prefix, gateway = facts[pool_name]
+        allocations[key[0]][key[1]] = {
+            "address": address_of[key],
+            "prefix": prefix,
+            "pool": pool_name,
+            "gateway": gateway,
+        }
+    return dict(allocations)
+
+
+def _pictured(state, pools_by_name):
+    """(runs by pool, their columns [hosts, devices, addresses], {(host, device): pool}) of a picture."""
+    runs = {run["name"]: run for run in state["pools"]}
+    if list(runs) != sorted(runs) or not pools_by_name.keys() >= runs.keys():
+        raise _NotPictured
+    placed, columns = {}, {}
+    for name, run in runs.items():
+        hosts, devices, ips = columns[name] = [run[column].split("\n") for column in ("hosts", "devices", "ips")]
+        if not len(hosts) == len(devices) == len(ips) == run["count"] == sum(b - a + 1 for a, b in run["taken"]):
+            raise _NotPictured
+        placed.update(zip(zip(hosts, devices, strict=True), repeat(name)))
+    if len(placed) != state["allocations"]:
+        raise _NotPictured
+    return runs, columns, placed
+
+
+def _unheld(wanted, placed):
+    """[((host, device), pool)] of the requests the ledger holds nothing for; a key it holds in
+    another pool is roce_ipam_assign's to refuse."""
+    keys, asked = list(wanted), list(wanted.values())
+    holders = list(map(placed.get, keys))
+    if holders == asked:
+        return []
+    new = []
+    for key, pool_name, holder in zip(keys, asked, holders, strict=True):
+        if holder != pool_name:
+            if holder is not None:
+                raise _NotPictured
+            new.append((key, pool_name))
+    return new
+
+
+def _placed_lines(runs, columns, added):
+    """([(line, entry)] of the new allocations, the pools' new pictures)."""
+    by_pool = defaultdict(list)
+    for item in added:
+        by_pool[item[0]].append(item)
+    entries, pictured, line = [], [], 0
+    for name in sorted(runs.keys() | by_pool.keys()):
+        run = runs.get(name) or {"name": name, "count": 0, "hosts": "", "devices": "", "ips": "", "taken": []}
+        if name not in by_pool:
+            pictured.append(run)
+            line += run["count"]
+            continue
+        old = columns.get(name) or ([], [], [])
+        taken = run["taken"]
+        firsts, before = [first for first, _ in taken], [0, *accumulate(b - a + 1 for a, b in taken)]
+        new_columns, previous = ([], [], []), 0
+        for pool_name, address, host, device, text in by_pool[name]:
+            at = bisect_right(firsts, address)
+            if at and taken[at - 1][1] >= address:  # taken already: not what the picture says
+                raise _NotPictured
+            rank = before[at]
+            for column, old_column, value in zip(new_columns, old, (host, device, text), strict=True):
+                column.extend(old_column[previous:rank])
+                column.append(value)
+            previous = rank
+            entries.append((line + rank, {"pool": pool_name, "host": host, "device": device, "ip": text}))
+        for column, old_column in zip(new_columns, old, strict=True):
+            column.extend(old_column[previous:])
+        added_intervals = [[address, address] for _, address, *_ in by_pool[name]]
+        pictured.append(
+            {
+                "name": name,
+                "count": run["count"] + len(by_pool[name]),
+                "hosts": "\n".join(new_columns[0]),
+                "devices": "\n".join(new_columns[1]),
+                "ips": "\n".join(new_columns[2]),
+                "taken": _merge([*taken, *added_intervals]),
+            }
+        )
+        line += run["count"]
+    return entries, pictured
 
 
 def _released_order(entry):
