@@ -12,15 +12,22 @@ with 8 rails: about a minute); here they never become Ansible variables or argum
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
 import json
 import os
+import tempfile
+import types
 from datetime import UTC, datetime
 from pathlib import Path
 
 from ansible.errors import AnsibleActionFail, AnsibleFilterError
 from ansible.plugins.action import ActionBase
 from ansible.plugins.loader import filter_loader, module_loader
+from ansible.utils.display import Display
+
+display = Display()
 
 # Where the result is published: the controller's own inventory entry, through delegate_facts.
 # lookup_plugins/roce_ipam_addresses.py reads it there.
@@ -70,12 +77,30 @@ def _filter(name):
     return plugin.j2_function
 
 
+def _requests(args, task_vars):
+    return _filter("roce_ipam_requests")(task_vars["hostvars"], args["hosts"], args["rails_variable"])
+
+
+def _options(args):
+    """roce_ipam_assign's options for this run, its clock included."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"release": args["release"], "aligned": args["aligned"], "hold_days": args["release_hold"], "now": now}
+
+
 def _assigner(args, task_vars):
     """roce_ipam_assign bound to this run's requests, options and clock: the same for both backends."""
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    requests = _filter("roce_ipam_requests")(task_vars["hostvars"], args["hosts"], args["rails_variable"])
-    options = {"release": args["release"], "aligned": args["aligned"], "hold_days": args["release_hold"], "now": now}
+    requests, options = _requests(args, task_vars), _options(args)
     return lambda base: _filter("roce_ipam_assign")(base, args["pools"], requests, **options)
+
+
+def _ipam():
+    """The filter file's functions the file backend calls (roce_ipam_ledger, roce_ipam_assign, and
+    for the cache ledger_state and roce_ipam_assign_added), as the loader loaded them."""
+    functions = _filter("roce_ipam_assign").__globals__
+    return types.SimpleNamespace(**{name: functions[name] for name in IPAM_FUNCTIONS})
+
+
+IPAM_FUNCTIONS = ("roce_ipam_ledger", "roce_ipam_assign", "roce_ipam_assign_added", "ledger_state")
 
 
 def _module_python(name):
@@ -89,21 +114,31 @@ def _module_python(name):
     return python
 
 
-def read_ledger_text(path):
-    """The ledger file's text, or None when there is no file; anything else unreadable fails."""
+def read_ledger_bytes(path):
+    """The ledger file's bytes, or None when there is no file; anything else unreadable fails."""
     try:
         with open(path, "rb") as handle:
-            data = handle.read()
+            return handle.read()
     except FileNotFoundError:
         return None
     except OSError as error:
         raise AnsibleActionFail(f"cannot read the ledger {path}: {error.strerror}") from error
+
+
+def ledger_text(path, data):
+    """The ledger file's bytes as text: UTF-8, or the run fails."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise AnsibleActionFail(
             f"the ledger {path} is not UTF-8 text ({error.reason} at byte {error.start})"
         ) from error
+
+
+def read_ledger_text(path):
+    """The ledger file's text, or None when there is no file; anything else unreadable fails."""
+    data = read_ledger_bytes(path)
+    return None if data is None else ledger_text(path, data)
 
 
 # Change lines the task's output lists; a first run on 10,000 hosts takes 80,000 addresses.
@@ -152,31 +187,29 @@ class ActionModule(ActionBase):
         if args["backend"] == "postgresql":
             return self._postgresql(result, args, task_vars, verify)
         path = ledger_file(args["ledger_path"])
+        ledger_file_module = _module_python("ipam_ledger")
         try:
-            assign = _assigner(args, task_vars)
-            text = read_ledger_text(path)
-            if text is None and (verify or not args["ledger_init"]):
-                raise AnsibleActionFail(missing_ledger(path, verify))
-            base = None if text is None else read_ledger(path, text)
-            allocated = assign(base)
+            allocated, written = allocate_file(
+                path,
+                args["pools"],
+                _requests(args, task_vars),
+                _options(args),
+                ipam=_ipam(),
+                ledger_module=ledger_file_module,
+                init=args["ledger_init"],
+                verify=verify,
+                check_mode=bool(self._task.check_mode),
+                diff=bool(self._task.diff),
+                cache=cache_directory(),
+            )
         except AnsibleFilterError as error:
             raise AnsibleActionFail(str(error)) from error
-
-        ledger_file_module = _module_python("ipam_ledger")
+        if "entries" in allocated:
+            display.vv(f"roce_ipam_allocate: {path} as checked before (cache): only new keys were allocated")
+        else:
+            display.vv(f"roce_ipam_allocate: {path} checked in full")
         if verify:
-            return self._verify(result, path, base, allocated, ledger_file_module)
-        try:
-            written = ledger_file_module.update_ledger(
-                path,
-                allocated["ledger"],
-                base,
-                bool(self._task.check_mode),
-                bool(self._task.diff),
-                base_text=text,
-                changes=(allocated["taken"], allocated["freed"]),
-            )
-        except ledger_file_module.LedgerError as error:
-            raise AnsibleActionFail(str(error)) from error
+            return self._verify(result, path, allocated)
         result.update(
             changed=written["changed"],
             path=written["path"],
@@ -208,7 +241,7 @@ class ActionModule(ActionBase):
 
         write = not verify and not self._task.check_mode
         try:
-            base, _, _ = store.allocate(dsn, compute, write=write, lock=not verify)
+            store.allocate(dsn, compute, write=write, lock=not verify)
         except AnsibleFilterError as error:
             raise AnsibleActionFail(str(error)) from error
         except store.StoreError as error:
@@ -216,7 +249,7 @@ class ActionModule(ActionBase):
         allocated = outcome["allocated"]
         where = "the IPAM database"
         if verify:
-            return self._verify(result, where, base, allocated, None)
+            return self._verify(result, where, allocated)
         result.update(
             changed=allocated["changed"],
             path=where,
@@ -227,7 +260,7 @@ class ActionModule(ActionBase):
         )
         return result
 
-    def _verify(self, result, path, base, allocated, ledger_file_module):
+    def _verify(self, result, path, allocated):
         """Verify mode: nothing is written; any address the run would take or free fails it."""
         added, removed = sorted(allocated["taken"]), sorted(allocated["freed"])
         if added or removed:
@@ -262,13 +295,171 @@ def missing_ledger(path, verify):
     )
 
 
-def read_ledger(path, text):
+def read_ledger(path, text, reader=None):
     """The ledger's data, checked to the letter; anything else fails naming the file and what is wrong."""
     try:
-        return _filter("roce_ipam_ledger")(text)
+        return (reader or _filter("roce_ipam_ledger"))(text)
     except AnsibleFilterError as error:
         reason = getattr(error, "reason", None) or str(error)
         raise AnsibleActionFail(
             f"the ledger {path} {reason}. Stopping: a ledger that cannot be read exactly is never taken as empty, "
             "and nothing was written. Restore it (git) and rerun"
         ) from error
+
+
+# --- the file backend, and the cache of the ledger it checked ---------------------------------------
+#
+# Reading and checking a ledger of 80,000 allocations, then handing roce_ipam_assign and the
+# writer 80,000 entries in and out, is most of a run that adds one host. After each run that
+# writes (or finds unchanged) the ledger, the action keeps a picture of the ledger as written
+# (roce_ipam.ledger_state) under a key: sha256 over the file's bytes, the settings its checks
+# depend on (pools, reservations among them, the hold, aligned) and the code (this file, the
+# filter file, the ipam_ledger module). A later run whose key is the same byte for byte, that
+# only adds keys (roce_ipam_assign_added), splices their lines into the text (ipam_ledger.spliced:
+# the bytes render would write) and writes it the same way. Anything else, and any trouble with
+# the cache (absent, unreadable, corrupt, another key, a directory it cannot write), is the full
+# path as before: the cache can make a run faster, never change its result.
+
+CACHE_FORMAT = "hpc-datapath roce_ipam_allocate cache 1"
+
+
+def cache_directory(environ=None):
+    """$XDG_CACHE_HOME/hpc-datapath/ipam, or ~/.cache/hpc-datapath/ipam; None without a home."""
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "hpc-datapath", "ipam") if os.path.isabs(base) else None
+
+
+def cache_file(path, directory):
+    """The cache file of a ledger: named by the sha256 of the ledger's real path."""
+    real = os.path.realpath(path).encode("utf-8", "surrogateescape")
+    return os.path.join(directory, hashlib.sha256(real).hexdigest() + ".json")
+
+
+def cache_key(data, pools, options, sources):
+    """sha256 over the ledger's bytes, the settings its checks and allocation depend on, and the
+    code's sources; None when the settings cannot be written as JSON."""
+    try:
+        settings = json.dumps(
+            {"pools": pools, "release_hold": options["hold_days"], "aligned": options["aligned"]},
+            sort_keys=True,
+            separators=(",", ":"),
+            allow_nan=False,
+        )
+        code = hashlib.sha256()
+        for source in sources:
+            code.update(hashlib.sha256(Path(source).read_bytes()).digest())
+    except (TypeError, ValueError, OSError):
+        return None
+    digest = hashlib.sha256(f"{CACHE_FORMAT}\0{code.hexdigest()}\0{settings}\0".encode())
+    digest.update(data)
+    return digest.hexdigest()
+
+
+def load_state(file, key):
+    """The picture kept under exactly this key, or None: no file, another key, a body that is not
+    what was written (its sha256 is in the first line), anything unreadable."""
+    if key is None:
+        return None
+    try:
+        with open(file, "rb") as handle:
+            head = handle.readline(512)
+            if head[:-1].split(b" ")[-2:-1] != [key.encode()]:
+                return None
+            body = handle.read()
+        if head != f"{CACHE_FORMAT} {key} {hashlib.sha256(body).hexdigest()}\n".encode():
+            return None
+        state = json.loads(body)
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def save_state(file, key, state):
+    """Keep the picture under the key (a temporary file renamed); False when it could not be kept."""
+    if key is None or state is None:
+        return False
+    temporary = None
+    try:
+        body = json.dumps(state, separators=(",", ":")).encode()
+        directory = os.path.dirname(file)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=".ipam-cache.", dir=directory)
+        with os.fdopen(handle, "wb") as out:
+            out.write(f"{CACHE_FORMAT} {key} {hashlib.sha256(body).hexdigest()}\n".encode())
+            out.write(body)
+        os.replace(temporary, file)
+    except (OSError, TypeError, ValueError):
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+        return False
+    return True
+
+
+def allocate_file(path, pools, requests, options, *, ipam, ledger_module, cache=None, **mode):
+    """The file backend's run: (what roce_ipam_assign returned, what the ledger writer returned;
+    None in verify mode). mode: init, verify, check_mode, diff (all False unless given); cache:
+    the cache directory, None for none."""
+    init, verify, check_mode, diff = (bool(mode.get(name)) for name in ("init", "verify", "check_mode", "diff"))
+    data = read_ledger_bytes(path)
+    if data is None and (verify or not init):
+        raise AnsibleActionFail(missing_ledger(path, verify))
+    text = None if data is None else ledger_text(path, data)
+    sources = (__file__, ipam.roce_ipam_assign.__code__.co_filename, ledger_module.__file__)
+    kept = cache_file(path, cache) if cache is not None else None
+    state = None  # the picture kept for exactly this text and these settings
+    if kept and text is not None and not (init or verify or check_mode) and options.get("release") in (None, "", []):
+        state = load_state(kept, cache_key(data, pools, options, sources))
+        added = state and ipam.roce_ipam_assign_added(state, pools, requests, options["aligned"])
+        after = added and ledger_module.spliced(text, added["entries"], state["allocations"])
+        if after:
+            try:
+                written = ledger_module.update_ledger_text(
+                    path,
+                    after,
+                    base_text=text,
+                    allocations=added["state"]["allocations"],
+                    changes=(added["taken"], added["freed"]),
+                    diff=diff,
+                )
+            except ledger_module.LedgerError as error:
+                raise AnsibleActionFail(str(error)) from error
+            if after != text:  # else the cache holds this picture already
+                save_state(kept, cache_key(after.encode(), pools, options, sources), added["state"])
+            return added, written
+
+    base = None if text is None else read_ledger(path, text, ipam.roce_ipam_ledger)
+    try:
+        allocated = ipam.roce_ipam_assign(base, pools, requests, **options)
+    except AnsibleFilterError as error:
+        raise AnsibleActionFail(str(error)) from error
+    if verify:
+        return allocated, None
+    try:
+        written = ledger_module.update_ledger(
+            path,
+            allocated["ledger"],
+            base,
+            check_mode,
+            diff,
+            base_text=text,
+            changes=(allocated["taken"], allocated["freed"]),
+            keep_text=True,
+        )
+    except ledger_module.LedgerError as error:
+        raise AnsibleActionFail(str(error)) from error
+    after = written.pop("text")
+    if kept and not check_mode and not (state and after == text):  # (the picture of this text is kept already)
+        save_state(kept, cache_key(after.encode(), pools, options, sources), _picture(ipam, allocated["ledger"], pools))
+    return allocated, written
+
+
+def _picture(ipam, ledger, pools):
+    """ledger_state, or None: the cache never fails a run."""
+    try:
+        return ipam.ledger_state(ledger, pools)
+    except (AnsibleFilterError, LookupError, TypeError, ValueError, AttributeError):
+        return None
