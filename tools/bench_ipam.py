@@ -14,9 +14,12 @@ busy machine the steadier figure) and its peak memory: the largest resident set 
 ansible-playbook and of every worker it forked (getrusage of the waited-for children, what
 /usr/bin/time -v reports); then the bare roce_ipam_assign filter on the same requests, from an
 empty ledger and again on the full one (best of 3), and the backend's own work for the host
-added: read and check the ledger file, allocate, write it (best of 3); or, for PostgreSQL (a
-scratch server, tools/scratch_postgresql.py), one transaction that locks, reads the rows,
-allocates and writes the difference. The difference is what the play costs around the filter.
+added, as the action does it (allocate_file; best of 3, wall and CPU seconds): read the ledger
+file, allocate, write it, with the cache a run before it left (the second run's case: only the
+new host is allocated and its lines spliced in) and with none (the full check of every entry);
+or, for PostgreSQL (a scratch server, tools/scratch_postgresql.py), one transaction that locks,
+reads the rows, allocates and writes the difference. The difference is what the play costs
+around the filter. The play's runs keep their cache in the temporary directory ($XDG_CACHE_HOME).
   --backend file|postgresql|both (default both) Timings on a busy machine vary: run it when nothing else does.
 """
 
@@ -35,11 +38,16 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "filter_plugins"))
-from roce_ipam import roce_ipam_assign, roce_ipam_ledger  # noqa: E402
+import roce_ipam  # noqa: E402
+from roce_ipam import roce_ipam_assign  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("ipam_ledger", ROOT / "library" / "ipam_ledger.py")
 ipam_ledger = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ipam_ledger)
+_spec = importlib.util.spec_from_file_location("roce_ipam_allocate", ROOT / "action_plugins" / "roce_ipam_allocate.py")
+_action = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_action)
+allocate_file = _action.allocate_file
 _spec = importlib.util.spec_from_file_location("ipam_postgresql", ROOT / "library" / "ipam_postgresql.py")
 store = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(store)
@@ -85,30 +93,43 @@ def write_hosts(directory, count):
     )
 
 
-def file_backend_plus_one(ledger, count, rails):
-    """Seconds of the file backend's work for one host more: read and check, allocate, write."""
+def file_backend_plus_one(ledger, count, rails, cache):
+    """((wall, CPU) seconds, best of 3) of the file backend's work for one host more, as the action
+    does it (allocate_file: read the ledger, allocate, write it): with the cache a run before it
+    left (cache, a directory), and with none (the full check, as on a cache miss)."""
     pristine = ledger.read_bytes()
-    names = host_names(count + 1)
-    requests = [{"host": host, "device": f"mlx5_{r}", "pool": f"a800-rail{r}"} for host in names for r in range(rails)]
+    options = {"release": [], "aligned": False, "hold_days": 7, "now": "2026-01-01T00:00:00Z"}
+    modules = {"ipam": roce_ipam, "ledger_module": ipam_ledger}
 
-    def once():
+    def requests(hosts):
+        return [
+            {"host": h, "device": f"mlx5_{r}", "pool": f"a800-rail{r}"} for h in host_names(hosts) for r in range(rails)
+        ]
+
+    # The run before: the inventory as it was (the no-op run of the play), which leaves the cache.
+    shutil.rmtree(cache, ignore_errors=True)
+    allocate_file(str(ledger), pools(rails), requests(count), options, cache=str(cache), **modules)
+    kept = {path: path.read_bytes() for path in cache.iterdir()}
+    grown = requests(count + 1)
+
+    def once(directory):
         ledger.write_bytes(pristine)
-        started = time.perf_counter()
-        text = ledger.read_text()
-        base = roce_ipam_ledger(text)
-        result = roce_ipam_assign(base, pools(rails), requests, hold_days=7, now="2026-01-01T00:00:00Z")
-        # As roce_ipam_allocate calls it: the change as the filter computed it, the text as read.
-        written = ipam_ledger.update_ledger(
-            str(ledger), result["ledger"], base, base_text=text, changes=(result["taken"], result["freed"])
-        )
-        elapsed = time.perf_counter() - started
+        for path, data in kept.items():
+            path.write_bytes(data)
+        started, cpu = time.perf_counter(), time.process_time()
+        allocated, written = allocate_file(str(ledger), pools(rails), grown, options, cache=directory, **modules)
+        elapsed = time.perf_counter() - started, time.process_time() - cpu
         if len(written["added"]) != rails:
             sys.exit(f"+1 host: {len(written['added'])} allocations added, not {rails}")
+        if ("entries" in allocated) != (directory is not None):  # the cache's path, or the full one
+            sys.exit(f"+1 host: the {'full' if directory else 'cached'} path was not taken")
         return elapsed
 
-    best = min(once() for _ in range(3))
+    cached = [once(str(cache)) for _ in range(3)]
+    full = [once(None) for _ in range(3)]
     ledger.write_bytes(pristine)
-    return best
+    shutil.rmtree(cache)
+    return [(min(wall for wall, _ in runs), min(cpu for _, cpu in runs)) for runs in (cached, full)]
 
 
 def measured(*command):
@@ -188,7 +209,7 @@ def bench(count, rails, workdir):
     noop = measured(*playbook)
     if ledger.read_bytes() != written:
         sys.exit(f"{count} hosts: the no-op run changed the ledger")
-    backend_plus_one = file_backend_plus_one(ledger, count, rails)
+    backend_plus_one = file_backend_plus_one(ledger, count, rails, workdir / "ipam-cache")
     write_hosts(inventory, count + 1)
     plus_one = measured(*playbook)
     grown = len(re.findall(rb"^  - \{", ledger.read_bytes(), flags=re.MULTILINE))
@@ -200,7 +221,7 @@ def bench(count, rails, workdir):
     filter_first, result = best_of(3, lambda: roce_ipam_assign(None, pools(rails), requests))
     filter_noop, _ = best_of(3, lambda: roce_ipam_assign(result["ledger"], pools(rails), requests))
     shutil.rmtree(inventory)
-    return floor, first, noop, plus_one, filter_first, filter_noop, backend_plus_one
+    return floor, first, noop, plus_one, filter_first, filter_noop, *backend_plus_one
 
 
 def main():
@@ -214,17 +235,25 @@ def main():
     os.environ["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
     os.chdir(ROOT)
     print(f"ansible-playbook playbooks/ipam.yml, {args.rails} rails per host, /16 pools; {os.cpu_count()} CPUs")
-    print("wall s / CPU s / peak MiB of ansible-playbook; the filter alone: best of 3")
+    print("wall s / CPU s / peak MiB of ansible-playbook; the filter alone: best of 3; the backend: wall s / CPU s")
     header = ["floor (--list-hosts)", "first run", "no-op run", "+1 host run"]
-    header += ["filter first", "filter no-op", "backend +1 host"]
+    header += ["filter first", "filter no-op", "backend +1 host", "+1 host, no cache"]
     print("backend    |  hosts | " + " | ".join(f"{name:>24}" for name in header[:4]) + " | " + " | ".join(header[4:]))
     with tempfile.TemporaryDirectory(prefix="bench-ipam-") as workdir:
+        # The play's own cache (roce_ipam_allocate): fresh, and not the user's.
+        os.environ["XDG_CACHE_HOME"] = str(Path(workdir) / "xdg-cache")
         for count in args.hosts:
             if args.backend in {"file", "both"}:
-                floor, first, noop, plus_one, *alone = bench(count, args.rails, Path(workdir))
+                floor, first, noop, plus_one, filter_first, filter_noop, *backend = bench(
+                    count, args.rails, Path(workdir)
+                )
                 runs = (floor, first, noop, plus_one)
                 cells = [f"{wall:6.2f} / {cpu:6.2f} / {peak:4.0f}".rjust(24) for wall, cpu, peak in runs]
-                cells += [f"{seconds:10.2f} s" for seconds in alone]
+                cells += [f"{seconds:10.2f} s" for seconds in (filter_first, filter_noop)]
+                cells += [
+                    f"{wall:.2f} / {cpu:.2f} s".rjust(width)
+                    for (wall, cpu), width in zip(backend, (15, 17), strict=True)
+                ]
                 print(f"file       | {count:6d} | " + " | ".join(cells))
             if args.backend in {"postgresql", "both"}:
                 first, noop, plus_one, store_plus_one = bench_postgresql(count, args.rails, Path(workdir))
@@ -232,7 +261,7 @@ def main():
                 cells += [
                     f"{wall:6.2f} / {cpu:6.2f} / {peak:4.0f}".rjust(24) for wall, cpu, peak in (first, noop, plus_one)
                 ]
-                cells += ["-".rjust(12), "-".rjust(12), f"{store_plus_one:13.2f} s"]
+                cells += ["-".rjust(12), "-".rjust(12), f"{store_plus_one:13.2f} s", "-".rjust(17)]
                 print(f"postgresql | {count:6d} | " + " | ".join(cells))
 
 
