@@ -11,12 +11,12 @@ module: network_config
 short_description: Configure interfaces through NetworkManager or netplan, changed under the node's own rollback
 description:
   - Every role that configures a NIC describes its interfaces in one model (module_utils/hpc_datapath/network.py)
-    and calls this module; the provider of the backend renders one file per interface, named by owner and
+    and calls this module. The provider of the backend renders one file per interface, named by owner and
     interface. Files of the owner that the model no longer names are removed, and what they configured
     (addresses, policy routing rules and tables, software devices) goes with them.
   - C(state=preview) changes nothing. It reports the files that would change or go, the drift of the running
     state (existence, MTU, addresses, bond ports, routing rules) and the rollback clock.
-  - C(state=applied) does the change in one step on the node, meant to run detached (async): it refuses while
+  - C(state=applied) does the change in one step on the node, meant to run detached (async). It refuses while
     another change waits for confirmation, arms the rollback (a NetworkManager checkpoint, or a saved copy of
     /etc/netplan with a transient rollback unit), writes and removes the files, keeps NetworkManager off the
     devices netplan keeps (one unmanaged list for every owner, read from every owner's netplan files), applies
@@ -143,7 +143,10 @@ class Change:
         self.other = PROVIDERS["netplan" if params["backend"] == "networkmanager" else "networkmanager"]()
         self.wanted = self.provider.files(self.owner, self.interfaces)
         names = {i["name"] for i in self.interfaces}
-        owned = self.provider.owned(self.owner)
+        # Files of an earlier layout only go: they are never read as ours (a bond named data-bond had
+        # 60-hpc-data-bond.yaml, which the owners' patterns would take for a file of owner data).
+        self.retired = {p for pattern in params["retired"] for p in glob.glob(pattern)}
+        owned = [p for p in self.provider.owned(self.owner) if p not in self.retired]
         stale = [p for p in owned if p not in self.wanted]
         # What a stale file configured goes with it; a file we cannot read back stops the run.
         self.removed_interfaces = [i for i in (self._read(self.provider, p) for p in stale) if i["name"] not in names]
@@ -153,7 +156,7 @@ class Change:
         self.stale_rules = sorted(_rules(before) - _rules(after))
         self.stale_tables = sorted({t for i in before for t in i["tables"]} - {t for i in after for t in i["tables"]})
         stale += self.other.owned(self.owner)
-        stale += [p for pattern in params["retired"] for p in sorted(glob.glob(pattern))]
+        stale += self.retired
         unmanaged_path, unmanaged_text = self._unmanaged()
         if unmanaged_text is not None:
             self.wanted[unmanaged_path] = unmanaged_text
@@ -176,7 +179,7 @@ class Change:
         netplan = self.provider if self.provider.name == "netplan" else self.other
         devices = set()
         for path in sorted(glob.glob(f"{NETPLAN}/6[01]-hpc-*-*.yaml")):
-            if os.path.basename(path)[3:].startswith(f"hpc-{self.owner}-"):
+            if os.path.basename(path)[3:].startswith(f"hpc-{self.owner}-") or path in self.retired:
                 continue
             interface = self._read(netplan, path)
             devices.update([interface["name"], *interface["members"]])

@@ -10,8 +10,8 @@ DOCUMENTATION = r"""
 module: nm_checkpoint
 short_description: Whether a NetworkManager checkpoint still exists, that is, has not rolled back yet
 description:
-  - network_config arms a checkpoint for each change through NetworkManager, and network_confirm
-    destroys it to confirm the change. This module only looks: with C(path), whether that
+  - C(network_config) arms a checkpoint for each change through NetworkManager, and C(network_confirm)
+    destroys it to confirm the change. This module only looks. With C(path), whether that
     checkpoint still exists (it is gone once NetworkManager rolled back or the change was
     confirmed); without, whether any does.
   - Talks to NetworkManager's D-Bus API with C(busctl), which every systemd system has.

@@ -411,6 +411,21 @@ def test_retired_files_are_removed_under_the_change(node, capsys):
     assert not any(c[0] == "ip" and c[1] != "-j" for c in node["commands"])
 
 
+def test_a_retired_file_that_looks_like_an_owners_file_is_removed_not_read(node, capsys):
+    # A bond named bond-x kept /etc/netplan/60-hpc-bond-x.yaml before the layer; the owners'
+    # patterns (6[01]-hpc-<owner>-*.yaml) would read it as owner bond's, and it is not our JSON.
+    old = node["netplan"] / "60-hpc-bond-x.yaml"
+    old.write_text("network:\n  version: 2\n  bonds: {bond-x: {interfaces: [enp0s3]}}\n")
+    node["links"] = links_of(bond())
+    retired = [str(node["netplan"] / "60-hpc-bond-x.yaml")]
+    result = run(capsys, owner="bond", backend="netplan", interfaces=bond(), retired=retired)
+    assert not result.get("failed"), result
+    assert result["removed_files"] == [str(old)]
+    # Another owner's run does not take it for a file of owner "bond" either once it is named.
+    result = run(capsys, owner="roce", backend="netplan", interfaces=rails("enp0s8"), retired=retired)
+    assert not result.get("failed"), result
+
+
 def test_the_owners_files_of_the_other_backend_are_removed(node, capsys):
     install(node, Netplan(), "roce", rails("enp0s8"))
     node["links"], node["rules"] = links_of(rails("enp0s8")), rules_of(rails("enp0s8"))
