@@ -17,6 +17,11 @@ description:
     writes the ledger with C(ipam_ledger) (locked, refused when the file changed since it was read, atomic).
   - Keeps the result once, as facts of the controller's entry, C(localhost); the C(roce_ipam_addresses)
     lookup reads one host's addresses from there.
+  - File ledger, hosts added and nothing else. When the ledger's exact bytes, the pools and the code match what an
+    earlier run checked in full (a cache under C($XDG_CACHE_HOME/hpc-datapath/ipam/), keyed by sha256), only the new
+    ports are allocated and their lines spliced in, the same bytes the full path writes. Anything else, or a cache
+    that is absent, unreadable or of another key, takes the full path; the cache never changes a result and is safe
+    to delete (roles/roce_ipam/README.md).
   - With I(pools) empty it reads and writes nothing, and every host has no addresses.
   - In check mode nothing is written; the result is what the run would allocate. With C(--diff) the ledger's change
     is shown.
