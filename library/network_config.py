@@ -20,7 +20,11 @@ description:
     another change waits for confirmation, arms the rollback (a NetworkManager checkpoint, or a saved copy of
     /etc/netplan with a transient rollback unit), writes and removes the files, keeps NetworkManager off the
     devices netplan keeps (one unmanaged list for every owner, read from every owner's netplan files), applies
-    the change, and only then restarts the rollback clock at C(rollback_timeout). network_confirm confirms it.
+    the change, and only then restarts the rollback clock (C(rollback_timeout) + the apply budget; the controller
+    confirms a batch only once it has collected its slowest node) and takes away what removed interfaces
+    configured. network_confirm confirms it, or rolls it back at once when the check targets stay silent.
+  - One change at a time on a node (a lock, and any pending change of either backend refuses), one owner per device,
+    one backend per owner (moving between backends is refused; neither rollback covers both).
 options:
   owner: {description: The role the interfaces belong to (a lower-case word)., type: str, required: true}
   backend: {description: The backend that keeps the interfaces., type: str, required: true,
@@ -85,18 +89,22 @@ from ansible.module_utils.hpc_datapath.iproute import ip_json
 from ansible.module_utils.hpc_datapath.netbackend import nm_call, nm_checkpoints
 from ansible.module_utils.hpc_datapath.network import (
     APPLY_BUDGET,
+    HEADER,
     NETPLAN,
     NM_ACTIVATION_WAIT,
     NM_CONF,
     PROVIDERS,
     UNMANAGED_FILE,
     check_model,
+    devices_of,
     drift,
     unmanaged_conf,
 )
 
 # NetworkManager checkpoint flags: delete connections and disconnect devices made after it.
 CREATE_FLAGS = 0x02 | 0x04
+# Held by the applied step, so that two owners never arm at once (tmpfs: gone with a reboot).
+ARM_LOCK = "/run/lock/hpc-network-change.lock"
 
 
 def read_text(path):
@@ -129,6 +137,10 @@ def _rules(interfaces):
     return {(int(r["priority"]), r["from"], int(r["table"])) for i in interfaces for r in i["rules"]}
 
 
+def _table_routes(interfaces):
+    return {(to, int(table)) for i in interfaces for to, table in i["table_routes"]}
+
+
 class Change:
     """What the model asks of this node: files to write and to remove, and the drift."""
 
@@ -150,12 +162,22 @@ class Change:
         stale = [p for p in owned if p not in self.wanted]
         # What a stale file configured goes with it; a file we cannot read back stops the run.
         self.removed_interfaces = [i for i in (self._read(self.provider, p) for p in stale) if i["name"] not in names]
-        # Rules and tables of the owner's files as they are, less those of the files as they will be.
+        # Rules and routes of the owner's files as they are, less those of the files as they will be:
+        # only what our files configured, never a whole table someone else may use.
         before = [self._read(self.provider, p) for p in owned]
         after = [self.provider.read(text) for text in self.wanted.values()]
         self.stale_rules = sorted(_rules(before) - _rules(after))
-        self.stale_tables = sorted({t for i in before for t in i["tables"]} - {t for i in after for t in i["tables"]})
-        stale += self.other.owned(self.owner)
+        self.stale_routes = sorted(_table_routes(before) - _table_routes(after))
+        switched = [p for p in self.other.owned(self.owner) if p not in self.retired]
+        if switched:
+            # Neither rollback covers both backends: a checkpoint cannot bring back netplan files, and
+            # the netplan rollback cannot bring back profiles. Moving is an operator's step.
+            module.fail_json(
+                msg=f"{self.owner}: the interfaces are kept by {self.other.name} ({', '.join(switched)}), not "
+                f"{self.provider.name}: moving them between backends is not done under a rollback; remove those "
+                "files and take the interfaces down (on the console or the management NIC), then run again"
+            )
+        self._refuse_foreign_devices()
         stale += self.retired
         unmanaged_path, unmanaged_text = self._unmanaged()
         if unmanaged_text is not None:
@@ -165,6 +187,23 @@ class Change:
         self.changed_files = [path for path, text in self.wanted.items() if read_text(path) != text]
         self.removed_files = sorted(set(stale))
         self.drift = list(params["drift"]) + self._drift()
+
+    def _refuse_foreign_devices(self):
+        """A device another owner's files configure is not this owner's to configure too."""
+        mine = set(devices_of(self.interfaces))
+        own = set(self.provider.owned(self.owner)) | set(self.other.owned(self.owner)) | self.retired
+        for provider in (self.provider, self.other):
+            for path in provider.owned("*"):
+                text = read_text(path)
+                if path in own or text is None or not text.startswith(HEADER):
+                    continue  # ours, or not written by the layer: nothing to compare with
+                found = self._read(provider, path)
+                taken = mine & {found["name"], *found.get("members", [])}
+                if taken:
+                    self.module.fail_json(
+                        msg=f"{self.owner}: {', '.join(sorted(taken))} is configured by another role already "
+                        f"({path}); one device, one owner"
+                    )
 
     def _read(self, provider, path):
         try:
@@ -181,6 +220,8 @@ class Change:
         for path in sorted(glob.glob(f"{NETPLAN}/6[01]-hpc-*-*.yaml")):
             if os.path.basename(path)[3:].startswith(f"hpc-{self.owner}-") or path in self.retired:
                 continue
+            if not (read_text(path) or "").startswith(HEADER):
+                continue  # another owner's file of an earlier layout: that owner retires it
             interface = self._read(netplan, path)
             devices.update([interface["name"], *interface["members"]])
         if self.provider.name == "netplan":
@@ -189,10 +230,17 @@ class Change:
 
     def _drift(self):
         links = ip_json(self.module, ["addr", "show"])
-        rules = [r for family in ("-4", "-6") for r in ip_json(self.module, [family, "rule", "show"]) or []]
-        if links is None:
-            self.module.fail_json(msg="cannot read the node's interfaces (ip -j addr show)")
+        # -N: tables as numbers, as the files write them, whatever rt_tables names them.
+        rules = [ip_json(self.module, ["-N", family, "rule", "show"]) for family in ("-4", "-6")]
+        if links is None or None in rules:
+            self.module.fail_json(msg="cannot read the node's interfaces and rules (ip -j addr show, ip -j rule show)")
+        rules = [rule for family in rules for rule in family]
         return drift(self.interfaces, links, rules)
+
+    @property
+    def budget(self):
+        """Seconds the apply may take: the reload and netplan apply, and each activation's wait."""
+        return APPLY_BUDGET + NM_ACTIVATION_WAIT * len(self.activations())
 
     @property
     def needed(self):
@@ -220,28 +268,36 @@ class Change:
         ip = self.module.get_bin_path("ip", required=True)
         for priority, source, table in self.stale_rules:
             run([ip, "rule", "del", "priority", str(priority), "from", source, "table", str(table)])
-        for table in self.stale_tables:
-            run([ip, "route", "flush", "table", str(table)])
+        for to, table in self.stale_routes:
+            run([ip, "route", "del", to, "table", str(table)])
         for interface in self.removed_interfaces:
             if interface["kind"] in ("bond", "vlan"):
-                run([ip, "link", "delete", interface["name"]])
+                run([ip, "link", "delete", "dev", interface["name"]])
             else:
                 run([ip, "address", "flush", "dev", interface["name"], "scope", "global"])
 
 
-def nm_apply(module, change):
-    busctl = module.get_bin_path("busctl", required=True)
-    nmcli = module.get_bin_path("nmcli", required=True)
-    existing = nm_checkpoints(module, busctl)
-    if existing:
-        module.fail_json(
-            msg=f"NetworkManager holds checkpoint(s) {', '.join(existing)}: another change waits for confirmation "
-            "or its run died; it rolls back when its timeout ends, then run again"
-        )
-    timeout = module.params["rollback_timeout"]
-    rc, out, err = nm_call(
-        module, busctl, "CheckpointCreate", "aouu", "0", str(timeout + APPLY_BUDGET), str(CREATE_FLAGS)
+def refuse_pending(module, busctl, systemctl):
+    """Refuse while a change of any owner, through either backend, waits for confirmation or rolls back."""
+    deadline = os.path.join(module.params["rollback_dir"], "deadline")
+    rc, active, _err = module.run_command(
+        [systemctl, "list-units", "--state=active", "--plain", "--no-legend", "hpc-*-rollback.service"]
     )
+    checkpoints = nm_checkpoints(module, busctl) if busctl and nm_running(module, systemctl) else []
+    if os.path.exists(deadline) or rc != 0 or active.strip() or checkpoints:
+        pending = [p for p in (deadline if os.path.exists(deadline) else "", active.strip(), *checkpoints) if p]
+        module.fail_json(
+            msg=f"another change waits for confirmation or rolls back ({', '.join(pending) or 'unreadable'}); it "
+            "rolls back by itself when its timeout ends, then run again"
+        )
+
+
+def nm_apply(module, change, busctl):
+    nmcli = module.get_bin_path("nmcli", required=True)
+    # Armed for the apply itself and, once the change is in place, for as long again: the controller
+    # confirms a batch's nodes only once it has collected the slowest (its linear strategy).
+    armed_for = module.params["rollback_timeout"] + 2 * change.budget
+    rc, out, err = nm_call(module, busctl, "CheckpointCreate", "aouu", "0", str(armed_for), str(CREATE_FLAGS))
     created = out.split('"')[1] if rc == 0 and out.count('"') >= 2 else None
     if not created:
         module.fail_json(msg=f"cannot create a NetworkManager checkpoint: {(err or out).strip()}")
@@ -265,37 +321,30 @@ def nm_apply(module, change):
         rc, out, err = module.run_command(command)
         if rc != 0:
             fail(f"{' '.join(command[1:])} failed (rc {rc}): {(err or out).strip()}")
-    change.clean_up()
-    # The change is in place: from now on only the confirmation runs inside the clock.
-    rc, _out, err = nm_call(module, busctl, "CheckpointAdjustRollbackTimeout", "ou", created, str(timeout))
+    # The change is in place: the clock starts now. What the removed interfaces configured goes only
+    # while the checkpoint still holds the change (a rollback puts it back).
+    after = str(module.params["rollback_timeout"] + change.budget)
+    rc, _out, err = nm_call(module, busctl, "CheckpointAdjustRollbackTimeout", "ou", created, after)
     if rc != 0:
         module.fail_json(msg=f"the checkpoint {created} is gone before the change was in place: {err.strip()}")
+    change.clean_up()
     return created
 
 
-def netplan_apply(module, change):
+def netplan_apply(module, change, systemctl):
     params = module.params
     saved, timeout = params["rollback_dir"], params["rollback_timeout"]
     unit = f"hpc-{change.owner}-rollback"
     deadline = os.path.join(saved, "deadline")
-    systemctl = module.get_bin_path("systemctl", required=True)
-    rc, active, _err = module.run_command(
-        [systemctl, "list-units", "--state=active", "--plain", "--no-legend", "hpc-*-rollback.service"]
-    )
-    if os.path.exists(deadline) or rc != 0 or active.strip():
-        module.fail_json(
-            msg=f"another change waits for confirmation or rolls back ({deadline}, {active.strip() or 'no unit'}); "
-            "it rolls back by itself when its timeout ends, then run again"
-        )
     # A failed unit stays loaded unless it was collected, and systemd-run refuses a loaded unit's name.
     module.run_command([systemctl, "reset-failed", f"{unit}.service"])
     shutil.rmtree(saved, ignore_errors=True)
     os.makedirs(saved, mode=0o700)
     shutil.copytree(NETPLAN, os.path.join(saved, "netplan"), symlinks=True)
-    new_devices = [d for i in change.interfaces for d in (i["name"],) if not os.path.exists(f"/sys/class/net/{d}")]
+    new_devices = [i["name"] for i in change.interfaces if not os.path.exists(f"/sys/class/net/{i['name']}")]
     write_text(os.path.join(saved, "new-devices"), "".join(f"{d}\n" for d in new_devices))
     # A safety net until the change is in place: the run may die between writing and applying.
-    write_text(os.path.join(saved, "deadline"), f"{int(time.time()) + timeout + APPLY_BUDGET}\n")
+    write_text(deadline, f"{int(time.time()) + timeout + 2 * change.budget}\n")
     rc, out, err = module.run_command(
         [
             module.get_bin_path("systemd-run", required=True),
@@ -310,14 +359,17 @@ def netplan_apply(module, change):
     if rc != 0:
         module.fail_json(msg=f"cannot start the rollback timer {unit}: {(err or out).strip()}")
 
-    def restart_clock(seconds):
-        """Set the deadline to now + seconds, unless the rollback has begun; False when it has."""
+    def restart_clock(seconds, then=None):
+        """Set the deadline to now + seconds and run then(), under the lock the rollback decides under,
+        unless the rollback has begun: False then."""
         with open(os.path.join(saved, "lock"), "w", encoding="utf-8") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if os.path.exists(os.path.join(saved, "rolling-back")) or not os.path.exists(deadline):
                 return False
             write_text(deadline + ".new", f"{int(time.time()) + seconds}\n")
             os.rename(deadline + ".new", deadline)
+            if then:
+                then()
             return True
 
     def fail(msg):
@@ -337,9 +389,9 @@ def netplan_apply(module, change):
     rc, out, err = module.run_command([module.get_bin_path("netplan", required=True), "apply"])
     if rc != 0:
         fail(f"netplan apply failed (rc {rc}): {(err or out).strip()}")
-    change.clean_up()
-    # The change is in place: restart the clock, unless the rollback has begun (then it is no change applied).
-    if not restart_clock(timeout):
+    # The change is in place: the clock starts now (as for NetworkManager), and what the removed
+    # interfaces configured goes, unless the rollback has begun (then it is no change applied).
+    if not restart_clock(timeout + change.budget, then=change.clean_up):
         module.fail_json(msg="the rollback timer fired before the change was in place")
 
 
@@ -373,14 +425,30 @@ def main():
         "changed_files": change.changed_files,
         "removed_files": change.removed_files,
         "drift": change.drift,
-        "clock": {"rollback_timeout": timeout, "apply_budget": APPLY_BUDGET, "rollback_wait": timeout + APPLY_BUDGET},
+        # The controller's side of the clock: the apply may take apply_budget; once in place the
+        # change waits rollback_timeout + apply_budget for its confirmation (the batch's slowest node
+        # is collected first); rollback_wait bounds both, from the start of the apply.
+        "clock": {
+            "rollback_timeout": timeout,
+            "apply_budget": change.budget,
+            "rollback_wait": timeout + 2 * change.budget,
+        },
     }
     if params["state"] == "preview" or module.check_mode or not change.needed:
         module.exit_json(**result)
-    if params["backend"] == "networkmanager":
-        result["path"] = nm_apply(module, change)
-    else:
-        netplan_apply(module, change)
+    systemctl = module.get_bin_path("systemctl", required=True)
+    busctl = module.get_bin_path("busctl")
+    # One change at a time on a node, whichever owner and backend: held until this step ends.
+    with open(ARM_LOCK, "w", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            module.fail_json(msg="another network change is being applied on this node; run again once it is done")
+        refuse_pending(module, busctl, systemctl)
+        if params["backend"] == "networkmanager":
+            result["path"] = nm_apply(module, change, busctl or module.get_bin_path("busctl", required=True))
+        else:
+            netplan_apply(module, change, systemctl)
     module.exit_json(**result)
 
 

@@ -14,9 +14,13 @@ description:
   - When all targets answered, it confirms at once, in the same step, by disarming the rollback
     timer - destroying the NetworkManager checkpoint or renaming away the deadline file of the
     netplan rollback timer. If the timer fired first, the change is reported as rolled back.
-  - It never fails on an unconfirmed change; the caller judges, from C(confirmed), C(rolled_back)
-    and C(unanswered), and waits for the node's own rollback. C(unanswered) lists the targets that
-    stayed silent in the rounds that counted; it is empty when the timer fired before any did.
+  - When a target stays silent for C(timeout) seconds, it starts the rollback at once (NetworkManager's
+    CheckpointRollback, or the netplan deadline moved to now); the node's own clock runs long enough
+    for the slowest node of a batch to be collected, and a change judged unconfirmed need not wait
+    for it. It never fails on an unconfirmed change; the caller judges, from C(confirmed),
+    C(rolled_back) and C(unanswered), and waits for the node's rollback. C(unanswered) lists the
+    targets that stayed silent in the rounds that counted; it is empty when the timer fired before
+    any did.
   - With no targets, the change is confirmed as soon as the module runs; the controller reaching
     the node again is then the only check.
 options:
@@ -51,6 +55,7 @@ unanswered: {description: Targets that had not answered when the wait ended., re
   elements: str}
 """
 
+import fcntl
 import ipaddress
 import os
 import time
@@ -70,11 +75,15 @@ class NetworkManagerTimer:
     def disarm(self):
         return nm_call(self.module, self.busctl, "CheckpointDestroy", "o", self.checkpoint)[0] == 0
 
+    def roll_back_now(self):
+        return nm_call(self.module, self.busctl, "CheckpointRollback", "o", self.checkpoint)[0] == 0
+
 
 class NetplanTimer:
     """hpc-netplan-rollback: whoever renames the deadline file first, confirmation or rollback, wins."""
 
     def __init__(self, directory):
+        self.directory = directory
         self.deadline = os.path.join(directory, "deadline")
         self.confirmed = os.path.join(directory, "confirmed")
 
@@ -87,6 +96,17 @@ class NetplanTimer:
         except FileNotFoundError:
             return False
         return True
+
+    def roll_back_now(self):
+        """Move the deadline to now, under the lock the rollback script decides under; it fires within 1 s."""
+        with open(os.path.join(self.directory, "lock"), "w", encoding="utf-8") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not os.path.exists(self.deadline):
+                return False  # confirmed or rolling back already
+            with open(self.deadline + ".new", "w", encoding="utf-8") as out:
+                out.write("0\n")
+            os.rename(self.deadline + ".new", self.deadline)
+        return False  # begun, not done: the caller waits for the script
 
 
 def main():
@@ -124,7 +144,10 @@ def main():
             confirmed = timer.disarm()
             module.exit_json(changed=confirmed, confirmed=confirmed, rolled_back=not confirmed, unanswered=[])
         if time.monotonic() >= give_up:
-            module.exit_json(changed=False, confirmed=False, rolled_back=False, unanswered=pending)
+            # Judged: nothing is gained by waiting for the node's clock (it runs long enough for the
+            # slowest node of the batch to be collected); the rollback starts now.
+            rolled_back = timer.roll_back_now()
+            module.exit_json(changed=True, confirmed=False, rolled_back=rolled_back, unanswered=pending)
         time.sleep(1)
     module.exit_json(changed=False, confirmed=False, rolled_back=True, unanswered=pending if counted else [])
 

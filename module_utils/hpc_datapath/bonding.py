@@ -127,6 +127,8 @@ def _vlan_problems(config):
             problems.append(f"bond_vlans: VLAN id {vlan_id!r} is out of range 1..4094")
         elif vlan_id in seen:
             problems.append(f"{label} is listed twice")
+        elif len(f"{config['name']}.{vlan_id}") > 15:
+            problems.append(f"{label}: {config['name']}.{vlan_id} is longer than 15 characters, the kernel's limit")
         seen.add(vlan_id)
         vlan_mtu = config["mtu"] if vlan.get("mtu") is None else vlan["mtu"]
         if type(vlan_mtu) is not int or vlan_mtu < MTU_RANGE[0]:

@@ -37,15 +37,20 @@ NM_PROFILES = "/etc/NetworkManager/system-connections"
 NM_CONF = "/etc/NetworkManager/conf.d"
 NETPLAN = "/etc/netplan"
 UNMANAGED_FILE = "90-hpc-unmanaged.conf"
+# The first line of every file the layer writes: a file without it is not ours to read.
+HEADER = "# Written by hpc-datapath (the network layer); changes here are replaced.\n"
 # Profile UUIDs are derived from profile ids, so that a profile keeps its UUID across runs.
 UUID_NAMESPACE = uuid.UUID("7c1f4ad2-52a3-4c0e-9b8e-2f6c0b1d9e41")
 
-# The rollback clock, in one place. A change is armed with ROLLBACK_TIMEOUT + APPLY_BUDGET on the
-# node; once the change is in place the node restarts the clock at ROLLBACK_TIMEOUT, so that only
-# the controller's confirmation runs inside it, however long the apply took. APPLY_BUDGET covers
-# the apply itself: a reload plus activations that may each wait NM_ACTIVATION_WAIT seconds.
+# The rollback clock, in one place (network_config). The apply may take its budget: APPLY_BUDGET
+# for the reload or netplan apply, plus NM_ACTIVATION_WAIT for each profile NetworkManager brings
+# up. A change is armed for rollback_timeout + twice the budget; once it is in place the node
+# restarts the clock at rollback_timeout + the budget, since the controller confirms a batch's nodes
+# only once it has collected the slowest (Ansible's linear strategy). A slow node changes how long
+# things take, never what is reported; network_confirm rolls a change back at once when the node
+# cannot reach its check targets, so an unconfirmed change does not wait for the clock.
 NM_ACTIVATION_WAIT = 60
-APPLY_BUDGET = 180
+APPLY_BUDGET = 60
 
 OWNER = re.compile(r"[a-z][a-z0-9]{0,15}\Z")
 IFNAME = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9_.-]{1,15}\Z")
@@ -139,7 +144,7 @@ def _routes_of(interface, version):
 def _keyfile(sections):
     """A keyfile from [(section, [(key, value)])], values None left out."""
     out = io.StringIO()
-    out.write("# Written by hpc-datapath (the network layer); changes here are replaced.\n")
+    out.write(HEADER)
     for section, items in sections:
         out.write(f"[{section}]\n")
         for key, value in items:
@@ -216,7 +221,7 @@ class NetworkManager:
         profile = parse_keyfile(text)
         connection = profile["connection"]
         found = {"name": connection["interface-name"], "kind": connection["type"], "addresses": [], "rules": []}
-        found["tables"] = []
+        found["tables"], found["table_routes"] = [], []
         for family in ("ipv4", "ipv6"):
             for key, value in sorted(profile.get(family, {}).items()):
                 if re.match(r"address\d+\Z", key):
@@ -225,7 +230,10 @@ class NetworkManager:
                     words = value.split()
                     found["rules"].append({"priority": int(words[1]), "from": words[3], "table": int(words[5])})
                 elif re.match(r"route\d+_options\Z", key):
-                    found["tables"] += [int(o[6:]) for o in value.split(",") if o.startswith("table=")]
+                    tables = [int(o[6:]) for o in value.split(",") if o.startswith("table=")]
+                    found["tables"] += tables
+                    route = profile[family].get(key[: -len("_options")], "")
+                    found["table_routes"] += [[route.split(",")[0], table] for table in tables]
         return found
 
     def _ip(self, interface, version):
@@ -292,6 +300,7 @@ class Netplan:
             "addresses": settings.get("addresses", []),
             "rules": settings.get("routing-policy", []),
             "tables": [route["table"] for route in settings.get("routes", []) if "table" in route],
+            "table_routes": [[r["to"], r["table"]] for r in settings.get("routes", []) if "table" in r],
         }
 
     def render(self, interface):
@@ -331,11 +340,7 @@ class Netplan:
             settings["routing-policy"] = rules
         network[section] = {interface["name"]: settings}
         # JSON is YAML: one line a key, nothing for a YAML writer to get wrong on the node.
-        return (
-            "# Written by hpc-datapath (the network layer); changes here are replaced.\n"
-            + json.dumps({"network": network}, indent=2)
-            + "\n"
-        )
+        return HEADER + json.dumps({"network": network}, indent=2) + "\n"
 
 
 PROVIDERS = {"networkmanager": NetworkManager, "netplan": Netplan}
@@ -365,6 +370,21 @@ def parse_keyfile(text):
     return {section: dict(parser[section]) for section in parser.sections()}
 
 
+def _rules_present(rules):
+    """(priority, source network, table) of the rules `ip -j -N rule show` prints: iproute2 leaves
+    srclen out for a host address, and prints "all" for a rule from anywhere."""
+    present = set()
+    for rule in rules:
+        source = rule.get("src")
+        try:
+            host = ipaddress.ip_address(source).max_prefixlen
+            network = ipaddress.ip_network(f"{source}/{rule.get('srclen', host)}", strict=False)
+        except (TypeError, ValueError):
+            continue
+        present.add((rule.get("priority"), str(network), str(rule.get("table"))))
+    return present
+
+
 def drift(interfaces, links, rules):
     """Where the running state differs from the interfaces: links and rules as `ip -j` prints them."""
     by_name = {link["ifname"]: link for link in links}
@@ -388,10 +408,9 @@ def drift(interfaces, links, rules):
         ports = sorted(name for name, port in by_name.items() if port.get("master") == interface["name"])
         if interface["kind"] == "bond" and ports != sorted(interface.get("members", [])):
             found.append(f"{interface['name']} has ports {ports}, not {sorted(interface['members'])}")
-        present = {(r.get("priority"), r.get("src"), str(r.get("table"))) for r in rules}
+        present = _rules_present(rules)
         for rule in interface.get("rules", []):
-            network = ipaddress.ip_network(rule["from"])
-            source = str(network.network_address)
+            source = str(ipaddress.ip_network(rule["from"]))
             if (rule["priority"], source, str(rule["table"])) not in present:
                 found.append(f"{interface['name']} lacks the rule from {rule['from']} table {rule['table']}")
     return found

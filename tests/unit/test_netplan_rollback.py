@@ -110,7 +110,7 @@ def test_a_rollback_puts_netplan_back_applies_it_and_says_so(node, shell):
     assert rc == 0, output
     assert files(node / "etc" / "netplan") == {"50-mgmt.yaml": "mgmt\n", "60-hpc-bond0.yaml": "old bond\n"}
     log = calls(node)
-    assert log[:3] == ["netplan apply", "ip link delete bond0", "ip link delete bond0.100"]
+    assert log[:3] == ["netplan apply", "ip link delete dev bond0", "ip link delete dev bond0.100"]
     assert log[3].startswith("logger -t hpc-bond rolled back an unconfirmed network change")
     saved = node / "saved"
     assert (saved / "rolled-back").exists() and (saved / "rolling-back").exists()
@@ -125,7 +125,7 @@ def test_a_failed_netplan_apply_leaves_a_failure_marker_and_still_deletes_the_ne
     assert not (saved / "rolled-back").exists()
     assert (saved / "rollback-failed").read_text().split(" ", 1)[1] == "netplan apply failed (exit 1)\n"
     log = calls(node)
-    assert log[:3] == ["netplan apply", "ip link delete bond0", "ip link delete bond0.100"]
+    assert log[:3] == ["netplan apply", "ip link delete dev bond0", "ip link delete dev bond0.100"]
     assert log[3].startswith(
         "logger -p user.err -t hpc-bond the rollback of an unconfirmed network change failed: netplan apply (exit 1)"
     )
@@ -143,7 +143,7 @@ def test_a_failed_restore_of_the_files_is_named_and_nothing_is_applied(node, she
     assert not (node / "saved" / "rolled-back").exists()
     log = calls(node)
     assert "netplan apply" not in log
-    assert log[:2] == ["ip link delete bond0", "ip link delete bond0.100"]
+    assert log[:2] == ["ip link delete dev bond0", "ip link delete dev bond0.100"]
 
 
 @pytest.mark.parametrize("shell", SHELLS)
@@ -162,7 +162,7 @@ def test_a_rollback_stopped_while_it_applies_is_a_failure(node, shell):
     marker = (node / "saved" / "rollback-failed").read_text()
     assert " netplan apply failed (exit 143)" in marker
     assert not (node / "saved" / "rolled-back").exists()
-    assert "ip link delete bond0" in calls(node)
+    assert "ip link delete dev bond0" in calls(node)
 
 
 @pytest.mark.parametrize("shell", SHELLS)

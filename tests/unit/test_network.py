@@ -290,6 +290,8 @@ def test_nm_read_gives_back_what_the_profile_configures():
         "addresses": ["10.30.1.1/24"],
         "rules": [{"priority": 1001, "from": "10.30.1.1/32", "table": 101}],
         "tables": [101, 101],
+        # The routes of its own table, what a removal takes away (never the whole table).
+        "table_routes": [["10.30.1.0/24", 101], ["0.0.0.0/0", 101]],
     }
     bond = provider.read(provider.profile("bond", bond_model()[0]))
     assert (bond["name"], bond["kind"], sorted(bond["addresses"])) == (
@@ -460,6 +462,7 @@ def test_netplan_read_gives_back_what_the_file_configures():
         "addresses": ["10.10.0.1/24", "fd00:10::1/64"],
         "rules": [],
         "tables": [],
+        "table_routes": [],
     }
     assert provider.read(provider.render(vlan))["kind"] == "vlan"
     rail = rail_interfaces(plan_rails(), 9000)[1]
@@ -470,6 +473,7 @@ def test_netplan_read_gives_back_what_the_file_configures():
         "addresses": ["10.30.1.1/24"],
         "rules": [{"from": "10.30.1.1/32", "table": 101, "priority": 1001}],
         "tables": [101, 101],
+        "table_routes": [["10.30.1.0/24", 101], ["0.0.0.0/0", 101]],
     }
 
 
@@ -681,6 +685,16 @@ def test_drift_an_extra_address():
 def test_drift_a_missing_rule():
     rules = [rule for rule in running_rules() if rule["priority"] != 1001]
     assert drift(node_model(), running_links(), rules) == ["enp0s9 lacks the rule from 10.30.1.1/32 table 101"]
+
+
+def test_drift_reads_rules_as_iproute2_prints_them():
+    # A rule of another prefix length is another rule; "from all" rules are no source at all.
+    rules = [dict(rule, srclen=16) if rule["priority"] == 1001 else rule for rule in running_rules()]
+    rules.append({"priority": 0, "src": "all", "table": "255"})
+    assert drift(node_model(), running_links(), rules) == ["enp0s9 lacks the rule from 10.30.1.1/32 table 101"]
+    # An explicit host length is the same rule as none.
+    rules = [dict(rule, srclen=32) for rule in running_rules()]
+    assert drift(node_model(), running_links(), rules) == []
 
 
 def test_drift_a_bond_with_a_missing_port():

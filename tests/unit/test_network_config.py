@@ -6,6 +6,7 @@ systemd-run and netplan are one fake run_command that records every command line
 """
 
 import configparser
+import fcntl
 import json
 import os
 import time
@@ -13,7 +14,13 @@ import time
 import pytest
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.hpc_datapath import network
-from ansible.module_utils.hpc_datapath.network import APPLY_BUDGET, Netplan, NetworkManager, rail_interfaces
+from ansible.module_utils.hpc_datapath.network import (
+    APPLY_BUDGET,
+    NM_ACTIVATION_WAIT,
+    Netplan,
+    NetworkManager,
+    rail_interfaces,
+)
 from ansible.module_utils.testing import patch_module_args
 from conftest import ROOT, _load
 
@@ -104,6 +111,7 @@ def node(tmp_path, monkeypatch):
     monkeypatch.setattr(network, "NETPLAN", str(paths["netplan"]))
     monkeypatch.setattr(network_config, "NM_CONF", str(paths["conf"]))
     monkeypatch.setattr(network_config, "NETPLAN", str(paths["netplan"]))
+    monkeypatch.setattr(network_config, "ARM_LOCK", str(tmp_path.parent / f"{tmp_path.name}.lock"))
     state = {
         **paths,
         "commands": [],
@@ -120,8 +128,8 @@ def node(tmp_path, monkeypatch):
     def ip(argv):
         reads = {
             ("addr", "show"): state["links"],
-            ("-4", "rule", "show"): state["rules"],
-            ("-6", "rule", "show"): [],
+            ("-N", "-4", "rule", "show"): state["rules"],
+            ("-N", "-6", "rule", "show"): [],
         }
         if argv[1] == "-j":
             return 0, json.dumps(reads[tuple(argv[2:])]), ""
@@ -191,8 +199,9 @@ def snapshot(root):
 
 
 def actions(node):
-    """The commands that act: all but reading the node (ip -j, the checkpoint list)."""
-    return [c for c in node["commands"] if c[:2] not in (["ip", "-j"], ["busctl", "get-property"])]
+    """The commands that act: all but reading the node (ip -j, the checkpoint list, units)."""
+    reads = (["ip", "-j"], ["busctl", "get-property"], ["systemctl", "list-units"], ["systemctl", "is-active"])
+    return [c for c in node["commands"] if c[:2] not in reads]
 
 
 # --- preview -------------------------------------------------------------------------------------
@@ -209,7 +218,12 @@ def test_preview_reports_changed_and_removed_files_and_changes_nothing(node, tmp
     assert result["changed_files"] == []
     assert result["removed_files"] == [str(node["profiles"] / "hpc-roce-enp0s9.nmconnection")]
     assert result["drift"] == []
-    assert result["clock"] == {"rollback_timeout": 90, "apply_budget": APPLY_BUDGET, "rollback_wait": 90 + APPLY_BUDGET}
+    # Nothing to bring up: the budget is the reload's; the controller waits for twice that.
+    assert result["clock"] == {
+        "rollback_timeout": 90,
+        "apply_budget": APPLY_BUDGET,
+        "rollback_wait": 90 + 2 * APPLY_BUDGET,
+    }
     assert snapshot(tmp_path) == before
     assert actions(node) == []
 
@@ -250,12 +264,27 @@ def test_nm_applied_runs_the_steps_in_order_and_brings_up_touched_profiles_only(
     assert result["path"] == CHECKPOINT
     assert result["changed_files"] == [str(node["profiles"] / "hpc-roce-enp0s9.nmconnection")]
     service, path = "org.freedesktop.NetworkManager", "/org/freedesktop/NetworkManager"
+    budget = APPLY_BUDGET + NM_ACTIVATION_WAIT  # one profile to bring up
     assert [c for c in node["commands"] if c[:2] != ["ip", "-j"]] == [
+        # Nothing pending, through either backend
+        ["systemctl", "list-units", "--state=active", "--plain", "--no-legend", "hpc-*-rollback.service"],
+        ["systemctl", "is-active", "--quiet", "NetworkManager"],
         ["busctl", "get-property", service, path, service, "Checkpoints"],
-        ["busctl", "call", service, path, service, "CheckpointCreate", "aouu", "0", str(45 + APPLY_BUDGET), "6"],
+        # Armed for the apply and the batch's slowest node; once in place, the clock restarts.
+        ["busctl", "call", service, path, service, "CheckpointCreate", "aouu", "0", str(45 + 2 * budget), "6"],
         ["nmcli", "connection", "reload"],
         ["nmcli", "--wait", "60", "connection", "up", "id", "hpc-roce-enp0s9"],
-        ["busctl", "call", service, path, service, "CheckpointAdjustRollbackTimeout", "ou", CHECKPOINT, "45"],
+        [
+            "busctl",
+            "call",
+            service,
+            path,
+            service,
+            "CheckpointAdjustRollbackTimeout",
+            "ou",
+            CHECKPOINT,
+            str(45 + budget),
+        ],
     ]
     assert (node["profiles"] / "hpc-roce-enp0s9.nmconnection").read_text() == NetworkManager().profile(
         "roce", wanted[1]
@@ -303,7 +332,10 @@ def test_nm_an_existing_checkpoint_refuses_before_anything_is_written(node, tmp_
     before = snapshot(tmp_path)
     result = run(capsys, owner="bond", backend="networkmanager", interfaces=bond(), state="applied")
     assert result["failed"] is True
-    assert "NetworkManager holds checkpoint(s) /org/freedesktop/NetworkManager/Checkpoint/1" in result["msg"]
+    assert (
+        "another change waits for confirmation or rolls back (/org/freedesktop/NetworkManager/Checkpoint/1)"
+        in (result["msg"])
+    )
     assert snapshot(tmp_path) == before
     assert actions(node) == []
 
@@ -318,21 +350,22 @@ def test_nm_a_removed_rail_goes_with_its_rule_table_and_address(node, capsys):
     assert not gone.exists()
     assert (node["profiles"] / "hpc-roce-enp0s8.nmconnection").exists()
     acting = actions(node)
+    # The clock restarts first: what the rail configured goes only while the checkpoint holds the change.
     assert acting[1:] == [
         ["nmcli", "connection", "reload"],
+        acting[2],
         ["ip", "rule", "del", "priority", "1001", "from", "10.30.1.1/32", "table", "101"],
-        ["ip", "route", "flush", "table", "101"],
+        ["ip", "route", "del", "10.30.1.0/24", "table", "101"],  # its own route, never the whole table
         ["ip", "address", "flush", "dev", "enp0s9", "scope", "global"],
-        acting[-1],
     ]
-    assert acting[-1][5:] == ["CheckpointAdjustRollbackTimeout", "ou", CHECKPOINT, "90"]
+    assert acting[2][5:] == ["CheckpointAdjustRollbackTimeout", "ou", CHECKPOINT, str(90 + APPLY_BUDGET)]
 
 
 def test_nm_a_removed_vlan_is_deleted(node, capsys):
     install(node, NetworkManager(), "bond", bond())
     node["links"] = links_of(bond())
     run(capsys, owner="bond", backend="networkmanager", interfaces=bond()[:1], state="applied")
-    assert ["ip", "link", "delete", "bond0.100"] in node["commands"]
+    assert ["ip", "link", "delete", "dev", "bond0.100"] in node["commands"]
 
 
 def test_a_second_run_with_nothing_changed_reports_no_change(node, capsys):
@@ -375,10 +408,19 @@ def test_an_owner_netplan_file_that_cannot_be_read_stops_the_run_naming_it(node,
 
 def test_another_owners_netplan_file_that_cannot_be_read_stops_the_run_naming_it(node, capsys):
     garbage = node["netplan"] / "60-hpc-bond-bond0.yaml"
-    garbage.write_text("# hand-written\n{not json")
+    garbage.write_text(network.HEADER + "{not json")
     result = run(capsys, owner="roce", backend="networkmanager", interfaces=rails("enp0s8"))
     assert result["failed"] is True
     assert result["msg"].startswith(f"{garbage}: cannot be read as the network layer writes it")
+
+
+def test_another_owners_file_of_an_earlier_layout_is_left_to_that_owner(node, capsys):
+    # A bond named data-bond kept 60-hpc-data-bond.yaml (YAML, no header) before the layer: the
+    # bond's run retires it; the rails' run neither reads it nor tells anyone to move it away.
+    (node["netplan"] / "60-hpc-data-bond.yaml").write_text("network:\n  bonds: {data-bond: {}}\n")
+    node["links"], node["rules"] = links_of(rails("enp0s8")), rules_of(rails("enp0s8"))
+    result = run(capsys, owner="roce", backend="netplan", interfaces=rails("enp0s8"))
+    assert not result.get("failed"), result
 
 
 def test_an_owner_keyfile_that_cannot_be_read_stops_the_run_naming_it(node, capsys):
@@ -426,13 +468,32 @@ def test_a_retired_file_that_looks_like_an_owners_file_is_removed_not_read(node,
     assert not result.get("failed"), result
 
 
-def test_the_owners_files_of_the_other_backend_are_removed(node, capsys):
+def test_moving_an_owner_to_the_other_backend_is_refused_before_anything_changes(node, tmp_path, capsys):
+    # Neither rollback covers both backends: a checkpoint cannot bring back netplan files.
     install(node, Netplan(), "roce", rails("enp0s8"))
     node["links"], node["rules"] = links_of(rails("enp0s8")), rules_of(rails("enp0s8"))
-    result = run(capsys, owner="roce", backend="networkmanager", interfaces=rails("enp0s8"))
-    assert result["removed_files"] == [str(node["netplan"] / "60-hpc-roce-enp0s8.yaml")]
-    # Its devices are NetworkManager's now: no unmanaged list is written for them.
-    assert str(node["conf"] / network.UNMANAGED_FILE) not in result["changed_files"]
+    before = snapshot(tmp_path)
+    result = run(capsys, owner="roce", backend="networkmanager", interfaces=rails("enp0s8"), state="applied")
+    assert result["failed"] is True
+    assert result["msg"].startswith(
+        f"roce: the interfaces are kept by netplan ({node['netplan'] / '60-hpc-roce-enp0s8.yaml'}), not networkmanager"
+    )
+    assert snapshot(tmp_path) == before
+    assert actions(node) == []
+
+
+def test_a_device_of_another_owner_is_refused(node, tmp_path, capsys):
+    # A rail on a port of the bond: NetworkManager would hold two profiles for enp0s3.
+    install(node, NetworkManager(), "bond", bond())
+    before = snapshot(tmp_path)
+    rail = dict(rails("enp0s8")[0], name="enp0s3")
+    result = run(capsys, owner="roce", backend="networkmanager", interfaces=[rail], state="applied")
+    assert result.get("failed") is True, result
+    assert result["msg"] == (
+        f"roce: enp0s3 is configured by another role already ({node['profiles'] / 'hpc-bond-enp0s3.nmconnection'});"
+        " one device, one owner"
+    )
+    assert snapshot(tmp_path) == before
 
 
 # --- the unmanaged list on netplan ---------------------------------------------------------------
@@ -468,7 +529,7 @@ def test_the_unmanaged_list_holds_every_owners_netplan_devices_in_one_sorted_lis
 
 
 def test_the_unmanaged_list_goes_when_no_netplan_file_is_left(node, capsys):
-    install(node, Netplan(), "roce", rails("enp0s8"))
+    # The rails' netplan files were retired by hand (moved to NetworkManager as the refusal asks).
     conf = node["conf"] / network.UNMANAGED_FILE
     conf.write_text(network.unmanaged_conf({"enp0s8"}))
     node["links"], node["rules"] = links_of(rails("enp0s8")), rules_of(rails("enp0s8"))
@@ -497,9 +558,9 @@ def test_netplan_applied_arms_the_rollback_applies_and_pushes_the_deadline(node,
     )
     assert result["changed"] is True, result
     saved = node["rollback"]
-    # Armed with the apply budget before the files were written.
+    # Armed for the apply and the batch's slowest node before the files were written.
     first = int(node["seen"]["deadline at systemd-run"])
-    assert int(started) + 60 + APPLY_BUDGET <= first <= int(time.time()) + 60 + APPLY_BUDGET
+    assert int(started) + 60 + 2 * APPLY_BUDGET <= first <= int(time.time()) + 60 + 2 * APPLY_BUDGET
     # The saved copy is /etc/netplan before the change.
     assert sorted(p.name for p in (saved / "netplan").iterdir()) == ["50-cloud-init.yaml"]
     assert (saved / "new-devices").exists()
@@ -514,15 +575,15 @@ def test_netplan_applied_arms_the_rollback_applies_and_pushes_the_deadline(node,
         str(saved),
         "hpc-roce",
     ]
-    assert acting[0][:2] == ["systemctl", "list-units"]
+    assert acting[0][:2] == ["systemctl", "reset-failed"]
     assert acting.index(run_unit) < acting.index(["netplan", "apply"])
     # netplan applies the new files.
     assert node["seen"]["netplan at apply"] == ["50-cloud-init.yaml", "60-hpc-roce-enp0s8.yaml"]
     # NetworkManager does not run: no reload, but the list is written for when it starts.
     assert ["systemctl", "reload", "NetworkManager"] not in acting
-    # Pushed to now + rollback_timeout once the change is in place.
+    # Restarted at rollback_timeout + the budget once the change is in place.
     pushed = int((saved / "deadline").read_text())
-    assert int(started) + 60 <= pushed <= int(time.time()) + 60
+    assert int(started) + 60 + APPLY_BUDGET <= pushed <= int(time.time()) + 60 + APPLY_BUDGET
     assert not (saved / "deadline.new").exists()
     written = node["netplan"] / "60-hpc-roce-enp0s8.yaml"
     assert written.read_text() == Netplan().render(rails("enp0s8")[0])
@@ -545,9 +606,47 @@ def test_netplan_a_removed_rail_is_cleaned_up_after_the_apply(node, capsys):
     apply = acting.index(["netplan", "apply"])
     assert acting[apply + 1 :] == [
         ["ip", "rule", "del", "priority", "1001", "from", "10.30.1.1/32", "table", "101"],
-        ["ip", "route", "flush", "table", "101"],
+        ["ip", "route", "del", "10.30.1.0/24", "table", "101"],
         ["ip", "address", "flush", "dev", "enp0s9", "scope", "global"],
     ]
+
+
+def test_a_change_being_applied_on_the_node_refuses_another(node, tmp_path, capsys):
+    # Two owners applying at once (bond and rails in parallel plays): the second waits for nothing
+    # and arms nothing while the first holds the node's lock.
+    node["links"], node["rules"] = links_of(rails("enp0s8")), rules_of(rails("enp0s8"))
+    with open(network_config.ARM_LOCK, "w", encoding="utf-8") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        before = snapshot(tmp_path)
+        result = run(
+            capsys,
+            owner="roce",
+            backend="netplan",
+            interfaces=rails("enp0s8"),
+            state="applied",
+            _rollback_dir=str(node["rollback"]),
+        )
+    assert result["failed"] is True
+    assert result["msg"] == "another network change is being applied on this node; run again once it is done"
+    assert snapshot(tmp_path) == before
+    assert actions(node) == []
+
+
+def test_a_checkpoint_of_networkmanager_refuses_a_netplan_change(node, tmp_path, capsys):
+    node["checkpoints"] = [CHECKPOINT]
+    node["links"], node["rules"] = links_of(rails("enp0s8")), rules_of(rails("enp0s8"))
+    before = snapshot(tmp_path)
+    result = run(
+        capsys,
+        owner="roce",
+        backend="netplan",
+        interfaces=rails("enp0s8"),
+        state="applied",
+        _rollback_dir=str(node["rollback"]),
+    )
+    assert result["failed"] is True
+    assert CHECKPOINT in result["msg"]
+    assert snapshot(tmp_path) == before
 
 
 def test_netplan_a_pending_deadline_refuses(node, tmp_path, capsys):
@@ -644,4 +743,4 @@ def test_netplan_a_bond_with_a_vlan_is_written_and_cleaned_up_by_owner(node, cap
         _rollback_dir=str(node["rollback"]),
     )
     assert [p.name for p in node["netplan"].iterdir() if "bond0.100" in p.name] == []
-    assert ["ip", "link", "delete", "bond0.100"] in node["commands"]
+    assert ["ip", "link", "delete", "dev", "bond0.100"] in node["commands"]

@@ -14,7 +14,7 @@ CHECKPOINT = "/org/freedesktop/NetworkManager/Checkpoint/3"
 @pytest.fixture
 def node(monkeypatch):
     """A fake node: ping answers for the targets in `up`; `on_ping` runs before each ping."""
-    state = {"up": set(), "pings": [], "on_ping": None, "checkpoints": [CHECKPOINT], "destroyed": []}
+    state = {"up": set(), "pings": [], "on_ping": None, "checkpoints": [CHECKPOINT], "destroyed": [], "rolled_back": []}
 
     def run_command(_module, argv, **_kwargs):
         if argv[0] == "ping":
@@ -24,6 +24,10 @@ def node(monkeypatch):
             return (0 if argv[-1] in state["up"] else 1), "", ""
         if argv[:2] == ["busctl", "get-property"]:
             return 0, f"ao {len(state['checkpoints'])} " + " ".join(f'"{c}"' for c in state["checkpoints"]), ""
+        if argv[:2] == ["busctl", "call"] and argv[5] == "CheckpointRollback":
+            state["checkpoints"].remove(argv[-1])
+            state["rolled_back"].append(argv[-1])
+            return 0, "", ""
         if argv[:2] == ["busctl", "call"] and argv[5] == "CheckpointDestroy":
             if state.get("rollback_at_destroy"):
                 state["checkpoints"] = []
@@ -64,11 +68,20 @@ def test_targets_that_answer_confirm_the_netplan_change(tmp_path, node, capsys):
     assert (tmp_path / "confirmed").read_text() == "2000000000\n"
 
 
-def test_a_silent_target_leaves_the_timer_running(tmp_path, node, capsys):
+def test_a_silent_target_starts_the_netplan_rollback_at_once(tmp_path, node, capsys):
     node["up"] = {"10.10.0.2"}
     result = run(capsys, targets=["10.10.0.2", "10.10.0.9"], timeout=0, **netplan_timer(tmp_path))
     assert (result["confirmed"], result["rolled_back"], result["unanswered"]) == (False, False, ["10.10.0.9"])
-    assert (tmp_path / "deadline").exists()
+    # The deadline is now: the rollback script fires within a second; the caller waits for it.
+    assert (tmp_path / "deadline").read_text() == "0\n"
+    assert not (tmp_path / "confirmed").exists()
+
+
+def test_a_silent_target_rolls_networkmanager_back_at_once(node, capsys):
+    result = run(capsys, backend="networkmanager", checkpoint=CHECKPOINT, targets=["10.10.0.9"], timeout=0)
+    assert (result["confirmed"], result["rolled_back"], result["unanswered"]) == (False, True, ["10.10.0.9"])
+    assert node["rolled_back"] == [CHECKPOINT]
+    assert node["checkpoints"] == []
 
 
 def test_a_target_that_answers_only_after_the_rollback_confirms_nothing(tmp_path, node, capsys):
