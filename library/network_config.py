@@ -284,6 +284,15 @@ def refuse_pending(module, busctl, systemctl):
         [systemctl, "list-units", "--state=active", "--plain", "--no-legend", "hpc-*-rollback.service"]
     )
     checkpoints = nm_checkpoints(module, busctl) if busctl and nm_running(module, systemctl) else []
+    if rc == 0 and not active.strip() and os.path.exists(deadline):
+        # A deadline no unit watches: the node rebooted (the unit is transient) or the unit was
+        # stopped while a change waited. Nothing will roll it back, and waiting would not help.
+        module.fail_json(
+            msg=f"{deadline} is left from a netplan change that was neither confirmed nor rolled back (the node "
+            f"rebooted or its rollback unit was stopped while it waited): the network runs that change, and "
+            f"{os.path.dirname(deadline)}/netplan holds /etc/netplan from before it. Check the node's network, put "
+            f"/etc/netplan back if it is wrong, then remove {deadline} and run again"
+        )
     if os.path.exists(deadline) or rc != 0 or active.strip() or checkpoints:
         pending = [p for p in (deadline if os.path.exists(deadline) else "", active.strip(), *checkpoints) if p]
         module.fail_json(
@@ -338,6 +347,9 @@ def netplan_apply(module, change, systemctl):
     deadline = os.path.join(saved, "deadline")
     # A failed unit stays loaded unless it was collected, and systemd-run refuses a loaded unit's name.
     module.run_command([systemctl, "reset-failed", f"{unit}.service"])
+    if os.path.exists(os.path.join(saved, "rollback-failed")):
+        # The evidence of a rollback that failed (its saved /etc/netplan, its marker) is kept aside.
+        os.rename(saved, f"{saved}.failed-{int(time.time())}")
     shutil.rmtree(saved, ignore_errors=True)
     os.makedirs(saved, mode=0o700)
     shutil.copytree(NETPLAN, os.path.join(saved, "netplan"), symlinks=True)

@@ -652,6 +652,7 @@ def test_a_checkpoint_of_networkmanager_refuses_a_netplan_change(node, tmp_path,
 def test_netplan_a_pending_deadline_refuses(node, tmp_path, capsys):
     node["rollback"].mkdir(parents=True)
     (node["rollback"] / "deadline").write_text(f"{int(time.time()) + 30}\n")
+    node["active_units"] = "hpc-bond-rollback.service loaded active running Roll back an unconfirmed netplan change\n"
     before = snapshot(tmp_path)
     result = run(
         capsys,
@@ -665,6 +666,49 @@ def test_netplan_a_pending_deadline_refuses(node, tmp_path, capsys):
     assert "another change waits for confirmation or rolls back" in result["msg"]
     assert snapshot(tmp_path) == before
     assert not any(c[0] in ("systemd-run", "netplan") for c in node["commands"])
+
+
+def test_a_deadline_no_unit_watches_is_reported_as_what_it_is(node, tmp_path, capsys):
+    # The node rebooted while a change waited: the transient unit is gone, the deadline stays, and
+    # nothing will ever roll the change back; "it rolls back by itself" would be false.
+    node["rollback"].mkdir(parents=True)
+    deadline = node["rollback"] / "deadline"
+    deadline.write_text(f"{int(time.time()) - 3600}\n")
+    before = snapshot(tmp_path)
+    result = run(
+        capsys,
+        owner="roce",
+        backend="netplan",
+        interfaces=rails("enp0s8"),
+        state="applied",
+        _rollback_dir=str(node["rollback"]),
+    )
+    assert result["failed"] is True
+    assert result["msg"].startswith(f"{deadline} is left from a netplan change that was neither confirmed nor rolled")
+    assert f"then remove {deadline} and run again" in result["msg"]
+    assert "rolls back by itself" not in result["msg"]
+    assert snapshot(tmp_path) == before
+
+
+def test_the_evidence_of_a_failed_rollback_is_kept_aside(node, capsys):
+    saved = node["rollback"]
+    (saved / "netplan").mkdir(parents=True)
+    (saved / "netplan" / "60-hpc-bond-bond0.yaml").write_text("before the failed change\n")
+    (saved / "rollback-failed").write_text("2026-11-30T10:00:00Z netplan apply failed (exit 78)\n")
+    node["links"], node["rules"] = links_of(rails("enp0s8")), rules_of(rails("enp0s8"))
+    result = run(
+        capsys,
+        owner="roce",
+        backend="netplan",
+        interfaces=rails("enp0s8"),
+        state="applied",
+        _rollback_dir=str(saved),
+    )
+    assert result["changed"] is True, result
+    (kept,) = saved.parent.glob(f"{saved.name}.failed-*")
+    assert (kept / "rollback-failed").read_text().endswith("netplan apply failed (exit 78)\n")
+    assert (kept / "netplan" / "60-hpc-bond-bond0.yaml").read_text() == "before the failed change\n"
+    assert not (saved / "rollback-failed").exists()  # the new change's directory starts empty
 
 
 def test_netplan_an_active_rollback_unit_of_another_owner_refuses(node, tmp_path, capsys):
