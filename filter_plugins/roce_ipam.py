@@ -695,18 +695,10 @@ def roce_ipam_assign(ledger, pools, requests, release=None, aligned=False, *, ho
     }
     freed = {" ".join((*key, original_texts[key])) for key in freed_keys}
 
-    allocations = defaultdict(dict)
     facts = {name: (pool.prefix, pool.gateway_text) for name, pool in pools_by_name.items()}
     # (host, device): its address's text, of the keys held now (texts keeps released keys too)
     address_of = dict(zip(map(itemgetter(1, 2), held), map(texts.__getitem__, held), strict=True))
-    for key, pool_name in wanted.items():
-        prefix, gateway = facts[pool_name]
-        allocations[key[0]][key[1]] = {
-            "address": address_of[key],
-            "prefix": prefix,
-            "pool": pool_name,
-            "gateway": gateway,
-        }
+    allocations = _requested(wanted, facts, address_of)
     # By pool, then address (unique in a pool, so the key itself is never compared).
     entries = sorted(zip(map(itemgetter(0), held), held.values(), held, strict=True))
     new_ledger = {
@@ -720,7 +712,7 @@ def roce_ipam_assign(ledger, pools, requests, release=None, aligned=False, *, ho
     return {
         "ledger": new_ledger,
         "changed": held != original or new_ledger.get("released", []) != released_before,
-        "allocations": dict(allocations),
+        "allocations": allocations,
         "taken": sorted(taken - freed),
         "freed": sorted(freed - taken),
     }
@@ -860,6 +852,13 @@ def _allocations(pools, wanted, columns, added, *, every):
     for hosts, devices, ips in columns.values():
         address_of.update(zip(zip(hosts, devices, strict=True), ips, strict=True))
     address_of.update(((host, device), text) for _, _, host, device, text in added)
+    return _requested(wanted, facts, address_of)
+
+
+def _requested(wanted, facts, address_of):
+    """{host: {device: {address, prefix, pool, gateway}}} of the requests, wanted (host, device) ->
+    pool name, from facts (pool name -> prefix, gateway) and address_of ((host, device) -> text)."""
+    allocations = defaultdict(dict)
     for key, pool_name in wanted.items():
         prefix, gateway = facts[pool_name]
         allocations[key[0]][key[1]] = {
