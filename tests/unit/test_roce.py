@@ -10,7 +10,7 @@ import types
 from dataclasses import dataclass
 
 import pytest
-from ansible.module_utils.hpc_datapath import roce
+from ansible.module_utils.hpc_datapath import boot_program, roce
 from ansible.module_utils.testing import patch_module_args
 from conftest import ROOT, _load
 from fake_sysfs import write
@@ -685,7 +685,7 @@ def test_source_under_mitogen_comes_from_its_file_service(monkeypatch):
     module.__spec__ = importlib.machinery.ModuleSpec(
         module.__name__, MitogenModuleUtilsImporter(), origin="master:/project/module_utils/hpc_datapath/roce.py"
     )
-    assert roce_fabric.source_of(module) == SOURCE.decode()
+    assert boot_program.source_of(module) == SOURCE.decode()
     assert asked == [("the service context", "/project/module_utils/hpc_datapath/roce.py")]
 
 
@@ -693,4 +693,4 @@ def test_source_from_an_unknown_loader_is_an_error_not_a_guess():
     module = types.ModuleType("ansible.module_utils.hpc_datapath.roce")
     module.__spec__ = importlib.machinery.ModuleSpec(module.__name__, object(), origin="somewhere")
     with pytest.raises(RuntimeError, match=r"cannot read the source of .*roce from its loader object \(somewhere\)"):
-        roce_fabric.source_of(module)
+        boot_program.source_of(module)
