@@ -1,0 +1,611 @@
+# Copyright: contributors to hpc-datapath
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""SR-IOV virtual functions of a node: the checks of the wanted state, and applying it.
+
+One implementation for two callers, like roce.py: the `sriov_vfs` module, and the node's boot
+unit (`hpc-sriov.service` runs this file as a script on the JSON plan the role wrote, before the
+network backends start), so that the VFs that come back after a reboot are the ones the role
+made. Standard library only, Python 3.8 or newer, no import of Ansible: it runs on the targets.
+
+What a plan holds per physical function (PF), each read first and changed only where it differs:
+- the VF count (`sriov_numvfs`). A count change tears every VF of the PF down; while one of them
+  is in use (in another network namespace, bound to vfio-pci or another non-network driver,
+  carrying addresses, enslaved) it is refused unless the PF is opted in;
+- per VF: MAC, trust, spoofchk, VLAN and link state (`ip link set PF vf N ...`, the PF's driver
+  keeps them) and the driver: the kernel's netdev driver, or vfio-pci (driver_override);
+- predictable names, <PF><prefix><index>: the role's udev rule names a VF when it appears, by its
+  PCI address, which the PF's sriov_offset and sriov_stride give before it exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+SYS = "/sys"
+DRIVERS = ("netdev", "vfio-pci")
+LINK_STATES = ("auto", "enable", "disable")
+# What the kernel takes as a netdev name, narrowed as roce.py does: the names reach paths, udev
+# rules and command lines. \Z, not $, which would let a trailing newline through.
+NETDEV_NAME = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9_.-]{1,15}\Z")
+NAME_PREFIX = re.compile(r"[A-Za-z0-9_]{0,8}\Z")
+PCI_ADDRESS = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]\Z")
+MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
+VF_SETTINGS = ("mac", "trust", "spoofchk", "vlan", "link_state", "driver")
+# A VF's netdev appears once its driver probed it, and is renamed by udev right after.
+NETDEV_WAIT_SECONDS = 15
+
+
+class ApplyError(Exception):
+    """A step that failed, in a sentence."""
+
+
+# --- reading the node ------------------------------------------------------------------------
+
+
+def _read(path, default=None):
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return default
+
+
+def _read_int(path):
+    value = _read(path)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _listdir(path):
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+def _link_name(path):
+    try:
+        return os.path.basename(os.readlink(path))
+    except OSError:
+        return None
+
+
+def pci_device(address, sys_root=SYS):
+    return os.path.join(sys_root, "bus/pci/devices", address)
+
+
+def physical_functions(sys_root=SYS):
+    """Every netdev of this namespace whose PCI device can hold VFs: name, PCI address, MAC, counts."""
+    found = []
+    for name in _listdir(os.path.join(sys_root, "class/net")):
+        device = os.path.join(sys_root, "class/net", name, "device")
+        total = _read_int(os.path.join(device, "sriov_totalvfs"))
+        if total is None:
+            continue
+        base = os.path.join(sys_root, "class/net", name)
+        found.append(
+            {
+                "name": name,
+                "pci_address": os.path.basename(os.path.realpath(device)),
+                "mac": (_read(os.path.join(base, "bonding_slave/perm_hwaddr")) or _read(os.path.join(base, "address"))),
+                "total_vfs": total,
+                "num_vfs": _read_int(os.path.join(device, "sriov_numvfs")) or 0,
+            }
+        )
+    return found
+
+
+def vf_address(pf_address, offset, stride, index):
+    """The PCI address VF index of a PF gets: routing ID = the PF's + offset + index * stride."""
+    domain, bus, slot_function = pf_address.split(":")
+    slot, function = slot_function.split(".")
+    routing_id = (int(bus, 16) << 8 | int(slot, 16) << 3 | int(function)) + offset + index * stride
+    return f"{domain}:{routing_id >> 8:02x}:{routing_id >> 3 & 0x1F:02x}.{routing_id & 7}"
+
+
+def vf_state(vf_pci, sys_root=SYS):
+    """What holds one existing VF: its driver, its netdev here (None where it is elsewhere)."""
+    device = pci_device(vf_pci, sys_root)
+    netdevs = _listdir(os.path.join(device, "net"))
+    return {
+        "pci_address": vf_pci,
+        "driver": _link_name(os.path.join(device, "driver")),
+        "driver_override": _read(os.path.join(device, "driver_override"), "(null)"),
+        # The net directory lists the netdevs of the reader's namespace only.
+        "netdev": netdevs[0] if netdevs else None,
+    }
+
+
+def existing_vfs(pf_pci, sys_root=SYS):
+    """{index: PCI address} of the VFs a PF has now (its virtfnN links)."""
+    device = pci_device(pf_pci, sys_root)
+    found = {}
+    for entry in _listdir(device):
+        if entry.startswith("virtfn") and entry[6:].isdigit():
+            found[int(entry[6:])] = _link_name(os.path.join(device, entry))
+    return found
+
+
+def in_use(vf, netdev_facts):
+    """Why a VF is in use, or None. netdev_facts: name -> {'addresses': [...], 'master': str|None}."""
+    if vf["driver"] == "vfio-pci":
+        return "bound to vfio-pci"
+    if vf["driver"] and vf["netdev"] is None:
+        return "its netdev is in another network namespace" if vf["driver"] != "pci-stub" else "bound to pci-stub"
+    if vf["netdev"] is None:
+        return None
+    facts = netdev_facts.get(vf["netdev"]) or {}
+    if facts.get("addresses"):
+        return f"{vf['netdev']} carries {', '.join(facts['addresses'])}"
+    if facts.get("master"):
+        return f"{vf['netdev']} is a port of {facts['master']}"
+    return None
+
+
+# --- the plan: checks against the node, before anything is touched ----------------------------
+
+
+def _flag(where, value, problems):
+    if value is not None and not isinstance(value, bool):
+        problems.append(f"{where}: {value!r} is not true or false")
+
+
+def _find_pf(where, spec, pfs, problems):
+    keys = [key for key in ("name", "pci_address", "mac") if spec.get(key) not in (None, "")]
+    if len(keys) != 1:
+        problems.append(f"{where}: name the physical function by exactly one of name, pci_address or mac")
+        return None
+    key = keys[0]
+    value = str(spec[key]).lower() if key != "name" else str(spec[key])
+    pattern = {"name": NETDEV_NAME, "pci_address": PCI_ADDRESS, "mac": MAC}[key]
+    if not pattern.match(value):
+        problems.append(f"{where}.{key}: {spec[key]!r} is not a valid {key.replace('_', ' ')}")
+        return None
+    matches = [pf for pf in pfs if pf[key] == value]
+    if not matches:
+        known = ", ".join(f"{pf['name']} ({pf['pci_address']}, {pf['mac']})" for pf in pfs) or "none"
+        problems.append(f"{where}.{key}: no SR-IOV capable NIC {value} on this node (SR-IOV capable: {known})")
+        return None
+    return matches[0]
+
+
+def _vf_settings(where, settings, problems):
+    """One VF's settings, checked; unknown keys are refused (a typo must not pass as 'unset')."""
+    unknown = sorted(set(settings) - set(VF_SETTINGS) - {"index"})
+    if unknown:
+        problems.append(f"{where}: unknown settings {', '.join(unknown)} (known: {', '.join(VF_SETTINGS)})")
+    result = {key: settings.get(key) for key in VF_SETTINGS}
+    mac = result["mac"]
+    if mac is not None:
+        mac = str(mac).lower()
+        if not MAC.match(mac) or int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
+            problems.append(f"{where}.mac: {settings['mac']!r} is not a unicast MAC address")
+        result["mac"] = mac
+    for key in ("trust", "spoofchk"):
+        _flag(f"{where}.{key}", result[key], problems)
+    vlan = result["vlan"]
+    if vlan is not None and (isinstance(vlan, bool) or not isinstance(vlan, int) or not 0 <= vlan <= 4094):
+        problems.append(f"{where}.vlan: {vlan!r} is not a VLAN id (0 to 4094, 0 for none)")
+    if result["link_state"] is not None and result["link_state"] not in LINK_STATES:
+        problems.append(f"{where}.link_state: {result['link_state']!r} is not one of {', '.join(LINK_STATES)}")
+    if result["driver"] is None:
+        result["driver"] = "netdev"
+    if result["driver"] not in DRIVERS:
+        problems.append(f"{where}.driver: {result['driver']!r} is not one of {', '.join(DRIVERS)}")
+    return result
+
+
+def _vf_overrides(where, entries, count, defaults, problems):
+    """{index: settings} of the VFs listed in vfs[], each on top of vf_defaults."""
+    overrides = {}
+    for position, settings in enumerate(entries):
+        at = f"{where}.vfs[{position}]"
+        vf_index = settings.get("index") if isinstance(settings, dict) else None
+        if isinstance(vf_index, bool) or not isinstance(vf_index, int) or vf_index < 0:
+            problems.append(f"{at}.index: {vf_index!r} is not a VF index")
+            continue
+        if count is not None and vf_index >= count:
+            problems.append(f"{at}.index: VF {vf_index} does not exist with num_vfs {count}")
+        if vf_index in overrides:
+            problems.append(f"{at}.index: VF {vf_index} is listed twice")
+        given = {key: value for key, value in settings.items() if value is not None}
+        overrides[vf_index] = _vf_settings(
+            at, {**{k: v for k, v in defaults.items() if v is not None}, **given}, problems
+        )
+    return overrides
+
+
+def plan_pf(index, spec, pfs, sys_root=SYS):
+    """(plan of one PF or None, problems). spec is one entry of sriov_pfs."""
+    where = f"sriov_pfs[{index}]"
+    problems = []
+    if not isinstance(spec, dict):
+        return None, [f"{where}: must be a mapping with name, pci_address or mac, and num_vfs"]
+    unknown = sorted(
+        set(spec)
+        - {"name", "pci_address", "mac", "num_vfs", "vf_defaults", "vfs", "name_prefix", "allow_count_change_in_use"}
+    )
+    if unknown:
+        problems.append(f"{where}: unknown keys {', '.join(unknown)}")
+    pf = _find_pf(where, spec, pfs, problems)
+    count = spec.get("num_vfs")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        problems.append(f"{where}.num_vfs: {count!r} is not a VF count (0 or more)")
+        count = None
+    elif pf is not None and count > pf["total_vfs"]:
+        problems.append(
+            f"{where}.num_vfs: {count} is more than {pf['name']} can hold (sriov_totalvfs {pf['total_vfs']})"
+        )
+    prefix = spec.get("name_prefix", "v")
+    if not isinstance(prefix, str) or not NAME_PREFIX.match(prefix):
+        problems.append(f"{where}.name_prefix: {prefix!r} must be up to 8 letters, digits or _")
+        prefix = "v"
+    opted_in = spec.get("allow_count_change_in_use", False)
+    _flag(f"{where}.allow_count_change_in_use", opted_in, problems)
+    defaults = _vf_settings(f"{where}.vf_defaults", spec.get("vf_defaults") or {}, problems)
+    overrides = _vf_overrides(where, spec.get("vfs") or [], count, defaults, problems)
+    if pf is None or count is None or problems:
+        return None, problems
+    device = os.path.join(sys_root, "class/net", pf["name"], "device")
+    offset, stride = _read_int(os.path.join(device, "sriov_offset")), _read_int(os.path.join(device, "sriov_stride"))
+    if count and (offset is None or stride is None):
+        return None, [f"{where}: {pf['name']} does not say where its VFs sit (sriov_offset, sriov_stride unreadable)"]
+    vfs = []
+    for vf_index in range(count):
+        name = f"{pf['name']}{prefix}{vf_index}"
+        if not NETDEV_NAME.match(name) and (overrides.get(vf_index, defaults)["driver"] == "netdev"):
+            problems.append(
+                f"{where}.name_prefix: the VF name {name} is longer than the kernel's 15 characters; "
+                "choose a shorter name_prefix"
+            )
+            break
+        vfs.append(
+            {
+                "index": vf_index,
+                "pci_address": vf_address(pf["pci_address"], offset, stride, vf_index),
+                "name": name,
+                **overrides.get(vf_index, defaults),
+            }
+        )
+    plan = {
+        "name": pf["name"],
+        "pci_address": pf["pci_address"],
+        "num_vfs": count,
+        "total_vfs": pf["total_vfs"],
+        "allow_count_change_in_use": bool(opted_in),
+        "vfs": vfs,
+    }
+    return (None if problems else plan), problems
+
+
+def count_change_problem(index, pf_plan, netdev_facts, sys_root=SYS):
+    """The sentence refusing a VF count change of a PF whose VFs are in use, or None."""
+    current = _read_int(os.path.join(pci_device(pf_plan["pci_address"], sys_root), "sriov_numvfs")) or 0
+    if current in (0, pf_plan["num_vfs"]) or pf_plan["allow_count_change_in_use"]:
+        return None
+    busy = []
+    for vf_index, address in sorted(existing_vfs(pf_plan["pci_address"], sys_root).items()):
+        reason = in_use(vf_state(address, sys_root), netdev_facts)
+        if reason:
+            busy.append(f"VF {vf_index} ({address}): {reason}")
+    if not busy:
+        return None
+    return (
+        f"sriov_pfs[{index}].num_vfs: changing the VF count of {pf_plan['name']} from {current} to "
+        f"{pf_plan['num_vfs']} tears down every VF, and these are in use: {'; '.join(busy)}. "
+        f"Set sriov_pfs[{index}].allow_count_change_in_use: true to do it anyway"
+    )
+
+
+def plan(pfs_wanted, netdev_facts, sys_root=SYS):
+    """(plan, problems): every PF of sriov_pfs checked against the node, nothing touched."""
+    pfs = physical_functions(sys_root)
+    plans, problems, seen, macs = [], [], {}, {}
+    for index, spec in enumerate(pfs_wanted):
+        pf_plan, found = plan_pf(index, spec, pfs, sys_root)
+        problems += found
+        if pf_plan is None:
+            continue
+        if pf_plan["pci_address"] in seen:
+            problems.append(
+                f"sriov_pfs[{index}]: {pf_plan['name']} is already sriov_pfs[{seen[pf_plan['pci_address']]}]"
+            )
+            continue
+        seen[pf_plan["pci_address"]] = index
+        for vf in pf_plan["vfs"]:
+            if vf["mac"] and vf["mac"] in macs:
+                problems.append(f"sriov_pfs[{index}]: VF {vf['index']} has MAC {vf['mac']}, as {macs[vf['mac']]} has")
+            elif vf["mac"]:
+                macs[vf["mac"]] = f"{pf_plan['name']} VF {vf['index']}"
+        refusal = count_change_problem(index, pf_plan, netdev_facts, sys_root)
+        if refusal:
+            problems.append(refusal)
+        plans.append(pf_plan)
+    return {"pfs": plans}, problems
+
+
+# --- applying ---------------------------------------------------------------------------------
+
+
+class Runner:
+    """Runs commands and writes sysfs for real or, in check mode, records what it would do."""
+
+    def __init__(self, run, check_mode=False):
+        self._run = run
+        self.check_mode = check_mode
+        self.changes = []
+
+    def query(self, argv):
+        return self._run(argv)
+
+    def change(self, argv, why):
+        self.changes.append({"why": why, "command": argv})
+        if self.check_mode:
+            return
+        rc, out, err = self._run(argv)
+        if rc != 0:
+            raise ApplyError(f"{' '.join(argv)} failed (rc {rc}): {(err or out).strip()}")
+
+    def write(self, path, value, why):
+        self.changes.append({"why": why, "write": path, "value": str(value)})
+        if self.check_mode:
+            return
+        try:
+            with open(path, "w") as handle:
+                handle.write(f"{value}\n")
+        except OSError as error:
+            raise ApplyError(f"writing {value!r} to {path} failed: {error.strerror}") from error
+
+
+def vf_info(runner, pf):
+    """{index: vfinfo} of a PF as `ip -j -d link show` reports it; fails where it cannot be read."""
+    rc, out, err = runner.query(["ip", "-j", "-d", "link", "show", "dev", pf])
+    try:
+        if rc != 0:
+            raise ValueError(err.strip())
+        links = json.loads(out)
+        return {vf["vf"]: vf for vf in links[0].get("vfinfo_list", [])}
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        raise ApplyError(f"cannot read the VFs of {pf} from ip -d link: {error}") from error
+
+
+def _vlan_of(info):
+    vlans = info.get("vlan_list")
+    if vlans:
+        return vlans[0].get("vlan", 0)
+    return info.get("vlan", 0)
+
+
+def _attribute_changes(pf, vf, info):
+    """The `ip link set dev PF vf N ...` arguments a VF needs; fails where the driver hides a value."""
+    wanted = {
+        "mac": vf["mac"],
+        "trust": None if vf["trust"] is None else ("on" if vf["trust"] else "off"),
+        "spoofchk": None if vf["spoofchk"] is None else ("on" if vf["spoofchk"] else "off"),
+        "vlan": vf["vlan"],
+        "state": vf["link_state"],
+    }
+    current = {
+        "mac": (info.get("address") or "").lower() or None,
+        "trust": None if "trust" not in info else ("on" if info["trust"] else "off"),
+        "spoofchk": None if "spoofchk" not in info else ("on" if info["spoofchk"] else "off"),
+        "vlan": _vlan_of(info),
+        "state": info.get("link_state"),
+    }
+    arguments = []
+    for key, value in wanted.items():
+        if value is None or value == current[key]:
+            continue
+        if current[key] is None and key in ("trust", "spoofchk", "state"):
+            raise ApplyError(f"{pf}: its driver does not report {key} for VF {vf['index']}, so it cannot be kept")
+        arguments += [key, str(value)]
+    return arguments
+
+
+def _wait_for_netdev(vf, sys_root, check_mode):
+    if check_mode:
+        return vf_state(vf["pci_address"], sys_root)
+    deadline = time.monotonic() + NETDEV_WAIT_SECONDS
+    while True:
+        state = vf_state(vf["pci_address"], sys_root)
+        if state["netdev"] == vf["name"] or time.monotonic() > deadline:
+            return state
+        time.sleep(0.2)
+
+
+def _bind(runner, vf, state, sys_root):
+    """Bind a VF to the wanted driver class: vfio-pci through driver_override, else the kernel's."""
+    device = pci_device(vf["pci_address"], sys_root)
+    wants_vfio = vf["driver"] == "vfio-pci"
+    override = "vfio-pci" if wants_vfio else "(null)"
+    bound_right = (state["driver"] == "vfio-pci") == wants_vfio and state["driver"] is not None
+    if state["driver_override"] == override and bound_right:
+        return False
+    if wants_vfio:
+        runner.change(["modprobe", "vfio-pci"], "vfio-pci takes VFs for DPDK and VMs")
+    runner.write(
+        os.path.join(device, "driver_override"),
+        "vfio-pci" if wants_vfio else "",
+        f"VF {vf['pci_address']}: {vf['driver']}",
+    )
+    if state["driver"] is not None and not bound_right:
+        runner.write(
+            os.path.join(device, "driver/unbind"),
+            vf["pci_address"],
+            f"unbind {vf['pci_address']} from {state['driver']}",
+        )
+    if not bound_right:
+        runner.write(os.path.join(sys_root, "bus/pci/drivers_probe"), vf["pci_address"], f"probe {vf['pci_address']}")
+    return True
+
+
+def _rename(runner, vf, state):
+    current = state["netdev"]
+    if current is None or current == vf["name"]:
+        return
+    # Unreadable counts as up: never rename what might carry traffic.
+    if _is_up(runner, current, unreadable=True):
+        raise ApplyError(
+            f"VF {vf['index']} ({vf['pci_address']}) is {current}, up; it should be {vf['name']}: set it down first"
+        )
+    runner.change(["ip", "link", "set", "dev", current, "name", vf["name"]], f"name VF {vf['index']} {vf['name']}")
+
+
+def _is_up(runner, netdev, unreadable):
+    rc, out, _err = runner.query(["ip", "-j", "link", "show", "dev", netdev])
+    try:
+        return rc == 0 and "UP" in json.loads(out)[0].get("flags", [])
+    except (ValueError, IndexError, TypeError, KeyError):
+        return unreadable
+
+
+def _set_count(runner, pf, pf_plan, current, netdev_facts, *, sys_root):
+    """Write the VF count, the old VFs gone first; new VFs wait unprobed for their settings."""
+    refusal = count_change_problem(0, pf_plan, netdev_facts, sys_root)
+    if refusal:
+        raise ApplyError(refusal.replace("sriov_pfs[0].num_vfs: ", ""))
+    device = pci_device(pf_plan["pci_address"], sys_root)
+    wanted = pf_plan["num_vfs"]
+    if current:
+        runner.write(os.path.join(device, "sriov_numvfs"), 0, f"{pf}: {current} VFs go before the count changes")
+    if wanted:
+        # A VF driver reads its MAC when it probes: new VFs probe once MAC and driver are set.
+        runner.write(os.path.join(device, "sriov_drivers_autoprobe"), 0, f"{pf}: new VFs wait for their settings")
+        runner.write(os.path.join(device, "sriov_numvfs"), wanted, f"{pf}: {wanted} VFs")
+
+
+def _apply_vf(runner, pf, vf, info, netdev_facts, *, sys_root):
+    """One VF: its attributes through the PF, then its driver, then its name."""
+    arguments = _attribute_changes(pf, vf, info)
+    state = vf_state(vf["pci_address"], sys_root)
+    # A bound netdev driver took its MAC when it probed: it must probe again, which a VF in use cannot.
+    reload = "mac" in arguments and state["driver"] not in (None, "vfio-pci")
+    busy = in_use(state, netdev_facts) if reload else None
+    if busy:
+        raise ApplyError(
+            f"{pf}: VF {vf['index']} takes MAC {vf['mac']} only when its driver reloads, and it is in use ({busy})"
+        )
+    if arguments:
+        runner.change(
+            ["ip", "link", "set", "dev", pf, "vf", str(vf["index"]), *arguments],
+            f"VF {vf['index']}: {' '.join(arguments)}",
+        )
+    if reload:
+        unbind = os.path.join(pci_device(vf["pci_address"], sys_root), "driver/unbind")
+        runner.write(unbind, vf["pci_address"], f"VF {vf['index']}: reload for its MAC")
+        state = {**state, "driver": None}
+    _bind(runner, vf, state, sys_root)
+    if vf["driver"] == "netdev":
+        _rename(runner, vf, _wait_for_netdev(vf, sys_root, runner.check_mode))
+
+
+def apply_pf(runner, pf_plan, netdev_facts, sys_root=SYS):
+    """Bring one PF's VFs to the plan. Returns nothing; the runner holds the changes."""
+    device = pci_device(pf_plan["pci_address"], sys_root)
+    netdevs = _listdir(os.path.join(device, "net"))
+    if not netdevs:
+        raise ApplyError(f"the PF {pf_plan['pci_address']} ({pf_plan['name']}) has no netdev here")
+    pf = netdevs[0]
+    current = _read_int(os.path.join(device, "sriov_numvfs"))
+    if current is None:
+        raise ApplyError(f"{pf}: sriov_numvfs cannot be read")
+    if not _is_up(runner, pf, unreadable=False):
+        runner.change(["ip", "link", "set", "dev", pf, "up"], f"{pf}: VFs pass traffic only while their PF is up")
+    wanted = pf_plan["num_vfs"]
+    created = current != wanted
+    try:
+        if created:
+            _set_count(runner, pf, pf_plan, current, netdev_facts, sys_root=sys_root)
+            if runner.check_mode:
+                return  # the VFs do not exist yet: everything else would be done to new ones
+        info = vf_info(runner, pf)
+        for vf in pf_plan["vfs"]:
+            if vf["index"] not in info:
+                raise ApplyError(f"{pf}: VF {vf['index']} is missing from ip -d link after setting {wanted} VFs")
+            _apply_vf(runner, pf, vf, info[vf["index"]], netdev_facts, sys_root=sys_root)
+    finally:
+        if created and wanted:
+            runner.write(os.path.join(device, "sriov_drivers_autoprobe"), 1, f"{pf}: VFs probe by themselves again")
+
+
+def apply_plan(the_plan, runner, netdev_facts=None, sys_root=SYS):
+    for pf_plan in the_plan["pfs"]:
+        apply_pf(runner, pf_plan, netdev_facts or {}, sys_root)
+    return runner.changes
+
+
+def status(the_plan, runner, sys_root=SYS):
+    """Per PF: the VF count and each VF as the node has it now."""
+    result = {}
+    for pf_plan in the_plan["pfs"]:
+        device = pci_device(pf_plan["pci_address"], sys_root)
+        netdevs = _listdir(os.path.join(device, "net"))
+        info = vf_info(runner, netdevs[0]) if netdevs else {}
+        vfs = []
+        for index, address in sorted(existing_vfs(pf_plan["pci_address"], sys_root).items()):
+            state = vf_state(address, sys_root)
+            entry = info.get(index, {})
+            vfs.append(
+                {
+                    "index": index,
+                    "pci_address": address,
+                    "netdev": state["netdev"],
+                    "driver": state["driver"],
+                    "mac": entry.get("address"),
+                    "trust": entry.get("trust"),
+                    "spoofchk": entry.get("spoofchk"),
+                    "vlan": _vlan_of(entry),
+                    "link_state": entry.get("link_state"),
+                }
+            )
+        result[pf_plan["name"]] = {"num_vfs": _read_int(os.path.join(device, "sriov_numvfs")), "vfs": vfs}
+    return result
+
+
+# --- the boot program --------------------------------------------------------------------------
+
+
+def _run(argv):
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    except OSError as error:
+        return 127, "", str(error)
+    return done.returncode, done.stdout, done.stderr
+
+
+def main(argv):
+    """sriov.py [--sysfs DIR] PLAN.json: re-create the VFs of a plan at boot (hpc-sriov.service)."""
+    parser = argparse.ArgumentParser(prog=os.path.basename(argv[0]), description="Re-create the SR-IOV VFs of a plan.")
+    parser.add_argument("--sysfs", default=SYS, help=f"where sysfs is (default {SYS})")
+    parser.add_argument("plan", help="the JSON plan the sriov role wrote (/etc/hpc-datapath/sriov.json)")
+    options = parser.parse_args(argv[1:])
+    try:
+        with open(options.plan) as handle:
+            the_plan = json.load(handle)
+    except (OSError, ValueError) as error:
+        print(f"hpc-sriov: reading the plan {options.plan}: {error}", file=sys.stderr)
+        return 1
+    failed = 0
+    # One PF that fails does not keep the others' VFs from coming back.
+    for pf_plan in the_plan.get("pfs", []):
+        runner = Runner(_run)
+        try:
+            apply_pf(runner, pf_plan, {}, options.sysfs)
+        except ApplyError as error:
+            print(f"hpc-sriov: {error}", file=sys.stderr)
+            failed = 1
+        for change in runner.changes:
+            print(f"hpc-sriov: {change['why']}")
+    return failed
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
