@@ -287,7 +287,11 @@ def plan_pf(index, spec, pfs, sys_root=SYS):
 
 
 def count_change_problem(index, pf_plan, netdev_facts, sys_root=SYS):
-    """The sentence refusing a VF count change of a PF whose VFs are in use, or None."""
+    """The sentence refusing a VF count change of a PF whose VFs are in use, or None.
+
+    index: the PF's place in sriov_pfs, which the sentence names; None where it is not known (a plan
+    applied, at boot): the sentence names the PF and the key alone.
+    """
     current = _read_int(os.path.join(pci_device(pf_plan["pci_address"], sys_root), "sriov_numvfs")) or 0
     if current in (0, pf_plan["num_vfs"]) or pf_plan["allow_count_change_in_use"]:
         return None
@@ -298,15 +302,20 @@ def count_change_problem(index, pf_plan, netdev_facts, sys_root=SYS):
             busy.append(f"VF {vf_index} ({address}): {reason}")
     if not busy:
         return None
+    where = "" if index is None else f"sriov_pfs[{index}]."
     return (
-        f"sriov_pfs[{index}].num_vfs: changing the VF count of {pf_plan['name']} from {current} to "
+        f"{where and where + 'num_vfs: '}changing the VF count of {pf_plan['name']} from {current} to "
         f"{pf_plan['num_vfs']} tears down every VF, and these are in use: {'; '.join(busy)}. "
-        f"Set sriov_pfs[{index}].allow_count_change_in_use: true to do it anyway"
+        f"Set {where}allow_count_change_in_use: true to do it anyway"
     )
 
 
-def plan(pfs_wanted, netdev_facts, sys_root=SYS):
-    """(plan, problems): every PF of sriov_pfs checked against the node, nothing touched."""
+def plan(pfs_wanted, netdev_facts, sys_root=None):
+    """(plan, problems): every PF of sriov_pfs checked against the node, nothing touched.
+
+    sys_root: where sysfs is; SYS as it is at the call.
+    """
+    sys_root = sys_root or SYS
     pfs = physical_functions(sys_root)
     plans, problems, seen, macs = [], [], {}, {}
     for index, spec in enumerate(pfs_wanted):
@@ -410,8 +419,10 @@ def _attribute_changes(pf, vf, info):
     return arguments
 
 
-def _wait_for_netdev(vf, sys_root, check_mode):
-    if check_mode:
+def _wait_for_netdev(vf, sys_root, wait):
+    """The VF's state once its netdev has its name. wait: only just after a probe; a VF bound all
+    along with its netdev in another namespace would cost the whole wait at every run."""
+    if not wait:
         return vf_state(vf["pci_address"], sys_root)
     deadline = time.monotonic() + NETDEV_WAIT_SECONDS
     while True:
@@ -467,11 +478,8 @@ def _is_up(runner, netdev, unreadable):
         return unreadable
 
 
-def _set_count(runner, pf, pf_plan, current, netdev_facts, *, sys_root):
+def _set_count(runner, pf, pf_plan, current, *, sys_root):
     """Write the VF count, the old VFs gone first; new VFs wait unprobed for their settings."""
-    refusal = count_change_problem(0, pf_plan, netdev_facts, sys_root)
-    if refusal:
-        raise ApplyError(refusal.replace("sriov_pfs[0].num_vfs: ", ""))
     device = pci_device(pf_plan["pci_address"], sys_root)
     wanted = pf_plan["num_vfs"]
     if current:
@@ -502,9 +510,9 @@ def _apply_vf(runner, pf, vf, info, netdev_facts, *, sys_root):
         unbind = os.path.join(pci_device(vf["pci_address"], sys_root), "driver/unbind")
         runner.write(unbind, vf["pci_address"], f"VF {vf['index']}: reload for its MAC")
         state = {**state, "driver": None}
-    _bind(runner, vf, state, sys_root)
+    probed = _bind(runner, vf, state, sys_root)
     if vf["driver"] == "netdev":
-        _rename(runner, vf, _wait_for_netdev(vf, sys_root, runner.check_mode))
+        _rename(runner, vf, _wait_for_netdev(vf, sys_root, probed and not runner.check_mode))
 
 
 def apply_pf(runner, pf_plan, netdev_facts, sys_root=SYS):
@@ -521,9 +529,12 @@ def apply_pf(runner, pf_plan, netdev_facts, sys_root=SYS):
         runner.change(["ip", "link", "set", "dev", pf, "up"], f"{pf}: VFs pass traffic only while their PF is up")
     wanted = pf_plan["num_vfs"]
     created = current != wanted
+    refusal = count_change_problem(None, pf_plan, netdev_facts, sys_root) if created else None
+    if refusal:
+        raise ApplyError(refusal)
     try:
         if created:
-            _set_count(runner, pf, pf_plan, current, netdev_facts, sys_root=sys_root)
+            _set_count(runner, pf, pf_plan, current, sys_root=sys_root)
             if runner.check_mode:
                 return  # the VFs do not exist yet: everything else would be done to new ones
         info = vf_info(runner, pf)
@@ -536,14 +547,16 @@ def apply_pf(runner, pf_plan, netdev_facts, sys_root=SYS):
             runner.write(os.path.join(device, "sriov_drivers_autoprobe"), 1, f"{pf}: VFs probe by themselves again")
 
 
-def apply_plan(the_plan, runner, netdev_facts=None, sys_root=SYS):
+def apply_plan(the_plan, runner, netdev_facts=None, sys_root=None):
+    sys_root = sys_root or SYS
     for pf_plan in the_plan["pfs"]:
         apply_pf(runner, pf_plan, netdev_facts or {}, sys_root)
     return runner.changes
 
 
-def status(the_plan, runner, sys_root=SYS):
+def status(the_plan, runner, sys_root=None):
     """Per PF: the VF count and each VF as the node has it now."""
+    sys_root = sys_root or SYS
     result = {}
     for pf_plan in the_plan["pfs"]:
         device = pci_device(pf_plan["pci_address"], sys_root)
