@@ -8,9 +8,13 @@ address of their pool in natural order of host, then device. Self-contained on p
 filter file that imports the project's shared module code, and its filters vanish.
 
 Addresses are handled as integers. Free space is searched with sorted blocked intervals (network
-and broadcast addresses, gateway, exclusions, outside the range) plus a "next free" map with
-path compression for taken addresses, so a /64 with half of it excluded answers at once and
-80,000 allocations stay linear.
+and broadcast addresses, gateway, exclusions, the pods' range, outside the range) plus a "next
+free" map with path compression for taken addresses, so a /64 with half of it excluded answers at
+once and 80,000 allocations stay linear.
+
+A pool's pod_range is the CIDR that Kubernetes' whereabouts hands SR-IOV pods their addresses
+from (roce_ipam_pod_networks gives it to the k8s_fabric role): the host ledger never takes an
+address in it, and the range holds no gateway, reservation or address the ledger holds.
 """
 
 from __future__ import annotations
@@ -117,10 +121,17 @@ class Pool:
         self.high = self.last if end is None else end
         if self.low > self.high:
             _fail(f"pool {self.name}: range_start {spec['range_start']} is above range_end {spec['range_end']}")
+        # The pods' range (whereabouts): (first, last) or None. Set only once the reservations are
+        # checked against it below, so that unusable_reason names it for ledger entries only.
+        self.pod = None
+        pod = self._pod_range(spec.get("pod_range"))
 
         # Addresses that are never handed out by search.
+        self._exclude_networks = []  # (first, last, prefix) of each exclude entry, for the pods' exclude list
         self.excluded = _merge(self._exclusions(spec.get("exclude") or []))
         blocked = [list(interval) for interval in self.excluded]
+        if pod is not None:
+            blocked.append(list(pod))
         span = self.last - self.first
         if self.version == 4 and span > 1:  # /31 and /32 have no network or broadcast address
             blocked += [[self.first, self.first], [self.last, self.last]]
@@ -132,6 +143,7 @@ class Pool:
         self.reserved_by_address = {}  # address -> (host, device)
         for position, reservation in enumerate(spec.get("reserved") or []):
             self._add_reservation(reservation, position)
+        self.pod = self._pod_clear_of_reservations(pod)
         blocked += [[address, address] for address in self.reserved_by_address]
         merged = _merge(blocked)
         self._starts = [interval[0] for interval in merged]
@@ -148,6 +160,77 @@ class Pool:
             _fail(f"pool {self.name}: {field} {text} is outside subnet {self.network.cidr}")
         return parsed
 
+    def _pod_range(self, text):
+        """(first, last) of pod_range, a CIDR inside the subnet spelt address/prefix, or None.
+
+        Sets pod_text, its canonical spelling, and pod_prefix."""
+        self.pod_text = self.pod_prefix = None
+        if text is None:
+            return None
+        address_text, slash, prefix_text = text.partition("/") if isinstance(text, str) else ("", "", "")
+        width = 32 if self.version == 4 else 128
+        address = parse_address(address_text, self.version)
+        if address is None:
+            other = 6 if self.version == 4 else 4
+            if slash and parse_address(address_text, other) is not None:
+                _fail(
+                    f"pool {self.name}: pod_range {text} is IPv{other}, its subnet {self.network.cidr} "
+                    f"IPv{self.version}"
+                )
+        if address is None or not slash or not prefix_text.isascii() or not prefix_text.isdigit():
+            _fail(f"pool {self.name}: pod_range {text!r} is not a CIDR (address/prefix)")
+        if int(prefix_text) > width:
+            _fail(f"pool {self.name}: pod_range {text} has a prefix longer than IPv{self.version}'s {width} bits")
+        prefix = int(prefix_text)
+        size = 1 << (width - prefix)
+        first = address & ~(size - 1)
+        canonical = f"{format_address(first, self.version)}/{prefix}"
+        if address != first:
+            _fail(
+                f"pool {self.name}: pod_range {text} has host bits set (the network is {canonical}); "
+                "whereabouts takes the range as a CIDR"
+            )
+        last = first + size - 1
+        if not (self.first <= first and last <= self.last):
+            _fail(f"pool {self.name}: pod_range {text} is not inside the pool's subnet {self.network.cidr}")
+        self.pod_text, self.pod_prefix = canonical, prefix
+        if self.gateway is not None and first <= self.gateway <= last:
+            _fail(
+                f"pool {self.name}: pod_range {canonical} contains the gateway {self.gateway_text}, "
+                "which whereabouts would hand to a pod"
+            )
+        return first, last
+
+    def _pod_clear_of_reservations(self, pod):
+        """The pods' range, once no reservation lies in it (else fail naming every one)."""
+        if pod is None:
+            return None
+        inside = sorted(address for address in self.reserved_by_address if pod[0] <= address <= pod[1])
+        if inside:
+            _fail(
+                f"pool {self.name}: pod_range {self.pod_text} contains reserved address(es) of hosts: "
+                + ", ".join(
+                    f"{format_address(address, self.version)} ({'/'.join(self.reserved_by_address[address])})"
+                    for address in inside
+                )
+                + "; whereabouts would hand them to pods"
+            )
+        return pod
+
+    def in_pod(self, address):
+        return self.pod is not None and self.pod[0] <= address <= self.pod[1]
+
+    def pod_exclusions(self):
+        """The exclude entries that meet the pods' range, as CIDRs clipped to it (addresses as /32,
+        /128): the exclude list whereabouts takes. Two CIDRs that meet hold one another, so the
+        part of an entry inside the range is the smaller of the two."""
+        first, last = self.pod
+        kept = set()
+        for start, end, prefix in self._exclude_networks:
+            if start <= last and first <= end:
+                kept.add((start, prefix) if first <= start and end <= last else (first, self.pod_prefix))
+        return [f"{format_address(start, self.version)}/{prefix}" for start, prefix in sorted(kept)]
+
     def _exclusions(self, items):
         if not isinstance(items, list):
             _fail(f"pool {self.name}: exclude must be a list of addresses or CIDRs")
@@ -158,6 +241,7 @@ class Pool:
                 _fail(f"pool {self.name}: exclude entry {item!r} is neither an address nor a CIDR")
             if excluded.version != self.version:
                 _fail(f"pool {self.name}: exclude entry {item} is not IPv{self.version}")
+            self._exclude_networks.append((int(excluded.first), int(excluded.last), excluded.prefixlen))
             start, end = max(int(excluded.first), self.first), min(int(excluded.last), self.last)
             if start <= end:
                 yield (start, end)
@@ -172,17 +256,20 @@ class Pool:
 
     def unusable_reason(self, address):
         """Why an address may not be held at all in this pool, or None."""
+        reason = None
         if not self.first <= address <= self.last:
-            return f"outside subnet {self.network.cidr}"
-        if self.is_excluded(address):
-            return "excluded"
-        if address == self.gateway:
-            return "the gateway"
-        if self.last - self.first > 1 and address == self.first:
-            return "the network address"
-        if self.version == 4 and self.last - self.first > 1 and address == self.last:
-            return "the broadcast address"
-        return None
+            reason = f"outside subnet {self.network.cidr}"
+        elif self.is_excluded(address):
+            reason = "excluded"
+        elif address == self.gateway:
+            reason = "the gateway"
+        elif self.last - self.first > 1 and address == self.first:
+            reason = "the network address"
+        elif self.version == 4 and self.last - self.first > 1 and address == self.last:
+            reason = "the broadcast address"
+        elif self.in_pod(address):
+            reason = f"inside pod_range {self.pod_text}, which whereabouts hands to pods"
+        return reason
 
     def _add_reservation(self, reservation, position):
         if not isinstance(reservation, dict) or not {"host", "device", "ip"} <= reservation.keys():
@@ -292,7 +379,8 @@ def _load_columns(entries, pools):
     whole column in C: every pool exists and holds one run of entries; no (host, device) twice,
     in one pool or two; every address is its pool's version, spelt canonically (parsed and spelt
     again, compared as lists), strictly between the network and last address, and neither
-    excluded nor the gateway (bisected among the sorted addresses); no address twice in a pool.
+    excluded, the gateway nor in the pods' range (bisected among the sorted addresses); no address
+    twice in a pool.
     """
     if not entries:
         return {}, {}
@@ -335,7 +423,8 @@ def _run_addresses(pool, texts):
     if not pool.first < ordered[0] or not ordered[-1] < pool.last or len(set(ordered)) != size:
         return None
     gateway = [[pool.gateway, pool.gateway]] if pool.gateway is not None else []
-    for low, high in [*pool.excluded, *gateway]:
+    pod = [pool.pod] if pool.pod is not None else []
+    for low, high in [*pool.excluded, *gateway, *pod]:
         at = bisect_left(ordered, low)
         if at < size and ordered[at] <= high:
             return None
@@ -387,14 +476,40 @@ def _load_entries(entries, pools):
         held[(pool_name, host, device)] = address
         texts[(pool_name, host, device)] = text
     if problems:
+        advice = "release these hosts or restore the pool"
+        if any("pod_range" in kind for _, kind in problems):
+            advice = "an address held never moves: release these hosts, or declare a pod_range clear of them"
         _fail(
             "; ".join(
                 f"pool {pool_name}: the ledger {kind}: {', '.join(sorted(items, key=natural_key))}"
                 for (pool_name, kind), items in sorted(problems.items())
             )
-            + " (release these hosts or restore the pool)"
+            + f" ({advice})"
         )
     return held, texts
+
+
+def _check_pods_clear_of_released(pools, entries):
+    """Fail when a pool's pod_range holds an address the ledger holds back after its release:
+    stale ARP caches and configurations still point at it, so no pod may take it yet."""
+    inside = defaultdict(list)
+    for entry in entries:
+        pool = pools.get(entry["pool"])
+        if pool is None or pool.pod is None:
+            continue
+        if pool.in_pod(_ledger_address(pool, entry["host"], entry["device"], entry["ip"])):
+            inside[pool.name].append(
+                f"{entry['ip']} ({entry['host']}/{entry['device']}, released at {entry['released_at']})"
+            )
+    if inside:
+        _fail(
+            "; ".join(
+                f"pool {name}: pod_range {pools[name].pod_text} contains address(es) the ledger holds back "
+                f"after their release: {', '.join(items)}"
+                for name, items in sorted(inside.items())
+            )
+            + "; declare the pod_range once roce_ipam_release_hold has passed"
+        )
 
 
 def _load_requests(requests, pools):
@@ -620,6 +735,11 @@ def _allocate_aligned(pools, held, new_keys):
         for device, pool_name in wanted:
             pool, address = pools[pool_name], pools[pool_name].first + offset
             if pool.reserved.get((host, device)) != address:
+                if pool.in_pod(address):
+                    _fail(
+                        f"aligned: pool {pool_name}: offset {offset} of host {host} "
+                        f"({format_address(address, pool.version)}) is inside pod_range {pool.pod_text}"
+                    )
                 if not pool.is_free(address):
                     _fail(f"aligned: pool {pool_name}: offset {offset} of host {host} is not free there")
                 pool.take(address)
@@ -672,6 +792,7 @@ def roce_ipam_assign(ledger, pools, requests, release=None, aligned=False, *, ho
         )
     _take_held(pools_by_name, held)
     released = _load_released(ledger, pools_by_name, held, clock, hold)
+    _check_pods_clear_of_released(pools_by_name, released)
     if hold and len(held) != len(original):
         if clock is None:
             _fail("releasing with a hold needs the time: pass now")
@@ -716,6 +837,43 @@ def roce_ipam_assign(ledger, pools, requests, release=None, aligned=False, *, ho
         "taken": sorted(taken - freed),
         "freed": sorted(freed - taken),
     }
+
+
+# --- the pods' side of a pool: whereabouts' range ---------------------------------------------------
+
+
+def roce_ipam_pod_networks(pools, ledger=None):
+    """{pool: {range, exclude, gateway, subnet, prefix}} of every pool with a pod_range: what
+    whereabouts hands SR-IOV pods their addresses from (the k8s_fabric role). gateway is left out
+    when the pool has none; exclude lists the pool's exclude entries that meet the range, as CIDRs
+    clipped to it. The pools are checked as roce_ipam_assign checks them, and the ledger (its data,
+    or its text as the file holds it) too when given: the range holds none of its addresses, held
+    or held back after a release."""
+    try:
+        pools_by_name = _load_pools(pools)
+        if ledger is not None:
+            if isinstance(ledger, str):
+                ledger = roce_ipam_ledger(ledger)
+            _load_ledger(ledger, pools_by_name)
+            _check_pods_clear_of_released(pools_by_name, ledger.get("released") or [])
+    except LedgerUnusable:
+        raise
+    except AnsibleFilterError as error:
+        message = str(error.message)
+        raise AnsibleFilterError(
+            "roce_ipam_pod_networks: " + message.removeprefix("roce_ipam_assign: ").removeprefix("roce_ipam_ledger: ")
+        ) from None
+    networks = {}
+    for name, pool in pools_by_name.items():
+        if pool.pod is None:
+            continue
+        network = {"range": pool.pod_text, "exclude": pool.pod_exclusions()}
+        if pool.gateway_text is not None:
+            network["gateway"] = pool.gateway_text
+        network["subnet"] = f"{format_address(pool.first, pool.version)}/{pool.prefix}"
+        network["prefix"] = pool.prefix
+        networks[name] = network
+    return networks
 
 
 # --- new keys against a ledger checked before: roce_ipam_allocate's cache -------------------------
@@ -1350,4 +1508,5 @@ class FilterModule:
             "roce_ipam_assign": roce_ipam_assign,
             "roce_ipam_requests": roce_ipam_requests,
             "roce_ipam_ledger": roce_ipam_ledger,
+            "roce_ipam_pod_networks": roce_ipam_pod_networks,
         }

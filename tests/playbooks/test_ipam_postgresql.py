@@ -136,6 +136,29 @@ def test_the_database_itself_refuses_a_forged_duplicate(database):
     assert len(rows()) == 50
 
 
+def test_a_pod_range_over_held_addresses_is_refused_in_the_transaction_and_the_rows_kept(database):
+    """The store's allocation runs the filter inside its transaction (the action's compute): a
+    pod_range newly declared over addresses the store holds fails naming them, and rolls back."""
+    from ansible.errors import AnsibleFilterError  # noqa: PLC0415
+
+    ipam = _load("roce_ipam_under_test", ROOT / "filter_plugins" / "roce_ipam.py")
+    rail = {"name": "rail0", "subnet": "10.10.0.0/24"}
+    wanted = [{"host": f"node{n}", "device": "mlx5_0", "pool": "rail0"} for n in range(1, 5)]
+    store.allocate("", lambda base: ipam.roce_ipam_assign(base, [rail], wanted[:3])["ledger"])
+    before = rows()
+    pods = [{**rail, "pod_range": "10.10.0.2/31"}]
+    with pytest.raises(
+        AnsibleFilterError,
+        match=r"pool rail0: the ledger holds addresses that are now inside pod_range 10\.10\.0\.2/31, which "
+        r"whereabouts hands to pods: node2/mlx5_0 10\.10\.0\.2, node3/mlx5_0 10\.10\.0\.3",
+    ):
+        store.allocate("", lambda base: ipam.roce_ipam_assign(base, pods, wanted)["ledger"])
+    assert rows() == before
+    clear = [{**rail, "pod_range": "10.10.0.4/30"}]
+    store.allocate("", lambda base: ipam.roce_ipam_assign(base, clear, wanted)["ledger"])
+    assert rows() == sorted([*before, ("rail0", "node4", "mlx5_0", "10.10.0.8")])
+
+
 def test_playbook_runs_need_a_ledger_then_allocate_then_check_mode_writes_nothing(database, tmp_path):
     inventory = inventory_with(tmp_path, "one")
     run = playbook(inventory)

@@ -2,6 +2,7 @@
 path (roce_ipam_assign_added + ipam_ledger.spliced) and writes the very bytes the full path would;
 anything else, and any trouble with the cache, is the full path, and never fails a run."""
 
+import ipaddress
 import json
 import os
 import shutil
@@ -262,6 +263,50 @@ def test_what_the_short_path_leaves_to_roce_ipam_assign(ledger):
     assert os.listdir(cache)
 
 
+def test_a_pod_range_changes_the_key_and_the_short_path_goes_around_it(ledger):
+    path, cache = ledger  # node1..10: 10.10.0.1..10 and 10.11.0.2..11
+    pods = [{**POOLS[0], "pod_range": "10.10.0.16/28"}, POOLS[1]]
+    key = action.cache_key(path.read_bytes(), POOLS, options(), [action.__file__])
+    assert key != action.cache_key(path.read_bytes(), pods, options(), [action.__file__])
+    # Declared: the next run is the full path (the whole ledger checked against the range).
+    allocated, _, short = run(path, requests(hosts(10)), cache, pools=pods)
+    assert not short and not allocated["changed"]
+    # Then hosts added take the short path, and go around the pods' range there too.
+    allocated, written, short = run(path, requests(hosts(17)), cache, pools=pods)
+    assert short
+    assert [allocated["allocations"][f"node{n}"]["mlx5_0"]["address"] for n in range(11, 18)] == [
+        "10.10.0.11",
+        "10.10.0.12",
+        "10.10.0.13",
+        "10.10.0.14",
+        "10.10.0.15",
+        "10.10.0.32",
+        "10.10.0.33",
+    ]
+    assert written["added"][5] == "rail0 node16 mlx5_0 10.10.0.32"
+    # The same with aligned offsets (new hosts only): offsets 16..31 are rail0's pods'.
+    aligned = options(aligned=True)
+    run(path, requests(hosts(17)), cache, pools=pods, opts=aligned)
+    allocated, _, short = run(path, requests(hosts(18)), cache, pools=pods, opts=aligned)
+    assert short
+    assert {d["address"] for d in allocated["allocations"]["node18"].values()} == {"10.10.0.34", "10.11.0.34"}
+
+
+def test_a_pod_range_over_held_addresses_stops_the_run_and_writes_nothing(ledger):
+    path, cache = ledger
+    before = path.read_bytes()
+    pods = [POOLS[0], {**POOLS[1], "pod_range": "10.11.0.8/30"}]  # node7..node10's 10.11.0.8..11
+    with pytest.raises(
+        AnsibleActionFail,
+        match=r"pool rail1: the ledger holds addresses that are now inside pod_range 10\.11\.0\.8/30, which "
+        r"whereabouts hands to pods: node7/mlx5_1 10\.11\.0\.8, node8/mlx5_1 10\.11\.0\.9, node9/mlx5_1 "
+        r"10\.11\.0\.10, node10/mlx5_1 10\.11\.0\.11 \(an address held never moves",
+    ):
+        run(path, requests(hosts(12)), cache, pools=pods)
+    assert path.read_bytes() == before
+    assert run(path, requests(hosts(11)), cache)[2]  # the cache of the pools it was made with still serves
+
+
 # --- the property: the short path writes the full path's bytes and answers the same -----------------
 
 HOST_NAMES = ["n1", "n2", "n10", "n11", "a", "B", "0123", "yes", "x-9", "node_7", "z.z"]
@@ -284,18 +329,26 @@ def scenarios(draw):
     )
     pools = []
     for index, name in enumerate(names):
+        # The pods' range (whereabouts), when there is one: .8/30 or .24/29 of the 32 addresses,
+        # with the gateway outside it.
+        pods = draw(st.sampled_from([None, (8, 30), (24, 29)]))
+        gateways = [n for n in range(1, 31) if pods is None or not pods[0] <= n < pods[0] + 2 ** (32 - pods[1])]
         if draw(st.booleans()):
             pool = {"name": name, "subnet": f"10.{index}.0.0/27"}
             if draw(st.booleans()):
-                pool["gateway"] = f"10.{index}.0.{draw(st.integers(1, 30))}"
+                pool["gateway"] = f"10.{index}.0.{draw(st.sampled_from(gateways))}"
             if draw(st.booleans()):
                 pool["exclude"] = [f"10.{index}.0.{draw(st.integers(1, 30))}", f"10.{index}.0.16/30"]
             if draw(st.booleans()):
                 pool["range_start"] = f"10.{index}.0.{draw(st.integers(1, 8))}"
+            if pods:
+                pool["pod_range"] = f"10.{index}.0.{pods[0]}/{pods[1]}"
         else:
             pool = {"name": name, "subnet": f"fd00:{index}::/123"}
             if draw(st.booleans()):
-                pool["gateway"] = f"fd00:{index}::{draw(st.integers(1, 30)):x}"
+                pool["gateway"] = f"fd00:{index}::{draw(st.sampled_from(gateways)):x}"
+            if pods:
+                pool["pod_range"] = f"fd00:{index}::{pods[0]:x}/{pods[1] + 96}"
         pools.append(pool)
     rails = [
         (device, draw(st.sampled_from(names)))
@@ -350,6 +403,9 @@ def test_the_short_path_writes_the_bytes_of_the_full_path(tmp_path_factory, scen
         if expected[0] == "failed":
             event("refused by both")
             return
+        pods = [ipaddress.ip_network(pool["pod_range"]) for pool in pools if "pod_range" in pool]
+        for devices in expected[0][0].values():
+            assert not any(ipaddress.ip_address(d["address"]) in pod for d in devices.values() for pod in pods)
         # The short path is taken whenever nothing but new keys is asked for (aligned: of hosts
         # that hold nothing yet), and it leaves the cache the next run takes.
         added_hosts = {line.split()[1] for line in written["added"]}

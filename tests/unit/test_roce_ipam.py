@@ -2,13 +2,14 @@
 
 import copy
 import ipaddress
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
 from ansible.errors import AnsibleFilterError
 from conftest import ROOT, _load
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 ipam = _load("roce_ipam", ROOT / "filter_plugins" / "roce_ipam.py")
@@ -983,3 +984,321 @@ def test_the_collector_is_paused_only_while_a_filter_runs():
     finally:
         gc.enable()
     assert seen == [False, False, False]
+
+
+# --- pod_range: the pods' side of a pool (whereabouts), never a host's (issue 16) ---------------
+
+pod_networks = ipam.roce_ipam_pod_networks
+PODS = {"name": "pods", "subnet": "10.50.0.0/24", "gateway": "10.50.0.254", "pod_range": "10.50.0.128/26"}
+
+
+def refused(match, pools, ledger=None):
+    """The same refusal from roce_ipam_assign and roce_ipam_pod_networks, each naming itself."""
+    with pytest.raises(AnsibleFilterError, match=r"^roce_ipam_assign: .*" + match):
+        assign(ledger, pools, [])
+    with pytest.raises(AnsibleFilterError, match=r"^roce_ipam_pod_networks: .*" + match):
+        pod_networks(pools, ledger)
+
+
+def test_pod_networks_give_whereabouts_its_range_exclusions_gateway_and_subnet():
+    pools = [
+        {**PODS, "exclude": ["10.50.0.130", "10.50.0.136/29", "10.50.0.0/28", "10.50.0.188/30"]},
+        {"name": "wide", "subnet": "10.60.0.0/16", "pod_range": "10.60.128.0/17", "exclude": ["10.60.0.0/16"]},
+        {
+            "name": "v6",
+            "subnet": "fd00:1::/64",
+            "pod_range": "fd00:1:0:0:0:0:1:0/112",  # spelt canonically in the answer
+            "exclude": ["fd00:1::1:5"],
+        },
+        {"name": "hosts-only", "subnet": "10.70.0.0/24", "gateway": "10.70.0.1"},
+    ]
+    assert pod_networks(pools) == {
+        "pods": {
+            "range": "10.50.0.128/26",
+            "exclude": ["10.50.0.130/32", "10.50.0.136/29", "10.50.0.188/30"],  # 10.50.0.0/28 lies outside
+            "gateway": "10.50.0.254",
+            "subnet": "10.50.0.0/24",
+            "prefix": 24,
+        },
+        # An exclusion that holds the whole range is the range itself; no gateway, no key.
+        "wide": {"range": "10.60.128.0/17", "exclude": ["10.60.128.0/17"], "subnet": "10.60.0.0/16", "prefix": 16},
+        "v6": {
+            "range": "fd00:1::1:0/112",
+            "exclude": ["fd00:1::1:5/128"],
+            "subnet": "fd00:1::/64",
+            "prefix": 64,
+        },
+    }
+    assert pod_networks([{"name": "p", "subnet": "10.0.0.0/24"}]) == {}
+    assert pod_networks([{**PODS, "pod_range": "10.50.0.0/24", "gateway": None}])["pods"]["range"] == "10.50.0.0/24"
+
+
+def test_hosts_never_take_an_address_in_the_pod_range():
+    pools = [{"name": "p", "subnet": "10.0.0.0/28", "pod_range": "10.0.0.0/29", "exclude": ["10.0.0.4/30"]}]
+    result = assign(None, pools, [req(f"n{i}", pool="p") for i in range(7)])
+    assert sorted(addresses(result).values(), key=ipaddress.ip_address) == [f"10.0.0.{i}" for i in range(8, 15)]
+    # The range counts as taken in the exhaustion message: 16 - 8 (pods) - broadcast = 7 free.
+    fails(
+        r"pool p \(10.0.0.0/28\) is exhausted: 8 new address\(es\) needed, 7 free",
+        None,
+        pools,
+        [req(f"n{i}", pool="p") for i in range(8)],
+    )
+
+
+def test_aligned_offsets_skip_every_pool_s_pod_range():
+    pools = [
+        {"name": "rail0", "subnet": "10.0.0.0/24", "pod_range": "10.0.0.0/26"},
+        {"name": "rail1", "subnet": "10.1.0.0/24", "pod_range": "10.1.0.64/26"},
+    ]
+    requests = [req(f"n{i:03}", f"mlx5_{r}", f"rail{r}") for i in range(3) for r in range(2)]
+    result = assign(None, pools, requests, aligned=True)
+    # Offsets 1..63 are rail0's pods', 64..127 rail1's: the first offset free on both is 128.
+    assert [result["allocations"][f"n{i:03}"]["mlx5_1"]["address"] for i in range(3)] == [
+        "10.1.0.128",
+        "10.1.0.129",
+        "10.1.0.130",
+    ]
+    assert {d["address"].rsplit(".", 1)[1] for d in result["allocations"]["n000"].values()} == {"128"}
+
+
+def test_aligned_refuses_a_held_offset_that_a_new_pool_gives_its_pods():
+    ledger = ledger_of(("rail0", "a", "m0", "10.0.0.5"))
+    pools = [
+        {"name": "rail0", "subnet": "10.0.0.0/24"},
+        {"name": "rail1", "subnet": "10.1.0.0/24", "pod_range": "10.1.0.0/28"},
+    ]
+    fails(
+        r"aligned: pool rail1: offset 5 of host a \(10.1.0.5\) is inside pod_range 10.1.0.0/28",
+        ledger,
+        pools,
+        [req("a", "m0", "rail0"), req("a", "m1", "rail1")],
+        aligned=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("pod_range", "message"),
+    [
+        ("10.50.0.128", r"pool pods: pod_range '10.50.0.128' is not a CIDR \(address/prefix\)"),
+        ("banana/26", r"pool pods: pod_range 'banana/26' is not a CIDR"),
+        ("10.50.0.128/x", r"pool pods: pod_range '10.50.0.128/x' is not a CIDR"),
+        (26, r"pool pods: pod_range 26 is not a CIDR"),
+        ("10.50.0.130/26", r"pool pods: pod_range 10.50.0.130/26 has host bits set \(the network is 10.50.0.128/26\)"),
+        ("10.50.0.0/33", r"pool pods: pod_range 10.50.0.0/33 has a prefix longer than IPv4's 32 bits"),
+        ("fd00::/120", r"pool pods: pod_range fd00::/120 is IPv6, its subnet 10.50.0.0/24 IPv4"),
+        ("10.50.1.0/26", r"pool pods: pod_range 10.50.1.0/26 is not inside the pool's subnet 10.50.0.0/24"),
+        ("10.50.0.0/23", r"pool pods: pod_range 10.50.0.0/23 is not inside the pool's subnet 10.50.0.0/24"),
+        ("10.50.0.192/26", r"pool pods: pod_range 10.50.0.192/26 contains the gateway 10.50.0.254"),
+    ],
+)
+def test_a_pod_range_that_is_not_a_cidr_inside_the_subnet_clear_of_the_gateway_is_refused(pod_range, message):
+    refused(message, [{**PODS, "pod_range": pod_range}])
+
+
+def test_an_ipv6_pod_range_is_checked_the_same_way():
+    pool = {"name": "v6", "subnet": "fd00:1::/64", "gateway": "fd00:1::1:1"}
+    refused(
+        r"pool v6: pod_range 10.0.0.0/8 is IPv4, its subnet fd00:1::/64 IPv6", [{**pool, "pod_range": "10.0.0.0/8"}]
+    )
+    refused(r"pod_range fd00:1::1:0/112 contains the gateway fd00:1::1:1", [{**pool, "pod_range": "fd00:1::1:0/112"}])
+    refused(
+        r"pod_range fd00:1::1/112 has host bits set \(the network is fd00:1::/112\)",
+        [{**pool, "pod_range": "fd00:1::1/112"}],
+    )
+
+
+def test_a_pod_range_holding_reserved_addresses_is_refused_naming_them_all():
+    reserved = [
+        {"host": "node9", "device": "mlx5_0", "ip": "10.50.0.140"},
+        {"host": "node1", "device": "mlx5_0", "ip": "10.50.0.3"},
+        {"host": "node2", "device": "mlx5_1", "ip": "10.50.0.129"},
+    ]
+    refused(
+        r"pool pods: pod_range 10.50.0.128/26 contains reserved address\(es\) of hosts: "
+        r"10.50.0.129 \(node2/mlx5_1\), 10.50.0.140 \(node9/mlx5_0\); whereabouts would hand them to pods",
+        [{**PODS, "reserved": reserved}],
+    )
+
+
+def test_pod_ranges_of_two_pools_never_meet():
+    # A pod range lies in its own subnet, and subnets never overlap: the same range twice, or a
+    # range in a neighbour's subnet, is refused either way.
+    rail = {"name": "rail", "subnet": "10.50.1.0/24", "pod_range": "10.50.1.0/26"}
+    refused(
+        r"pool pods: pod_range 10.50.1.0/26 is not inside the pool's subnet 10.50.0.0/24",
+        [{**PODS, "pod_range": "10.50.1.0/26"}, rail],
+    )
+    refused(
+        r"pools pods \(10.50.0.0/24\) and wide \(10.50.0.0/16\) overlap",
+        [PODS, {"name": "wide", "subnet": "10.50.0.0/16", "pod_range": "10.50.0.128/26"}],
+    )
+
+
+def test_a_ledger_address_in_a_newly_declared_pod_range_stops_the_run_and_never_moves():
+    before = [{**PODS, "pod_range": None}]  # null: no range
+    first = assign(None, before, [req(f"node{i}", pool="pods") for i in range(1, 4)])
+    assert addresses(first) == {(f"node{i}", "mlx5_0"): f"10.50.0.{i}" for i in range(1, 4)}
+    assert pod_networks(before, first["ledger"]) == {}
+    # Declared over node2's and node3's addresses: the run stops, naming pool, range and both.
+    message = (
+        r"pool pods: the ledger holds addresses that are now inside pod_range 10.50.0.2/31, which whereabouts hands "
+        r"to pods: node2/mlx5_0 10.50.0.2, node3/mlx5_0 10.50.0.3 \(an address held never moves: release these "
+        r"hosts, or declare a pod_range clear of them\)"
+    )
+    pools = [{**PODS, "pod_range": "10.50.0.2/31"}]
+    snapshot = copy.deepcopy(first["ledger"])
+    refused(message, pools, first["ledger"])
+    with pytest.raises(AnsibleFilterError, match=message):
+        assign(first["ledger"], pools, [req(f"node{i}", pool="pods") for i in range(1, 5)], aligned=True)
+    # The ledger's text, as the file holds it, is checked the same way.
+    text = ledger_module.render(first["ledger"])
+    with pytest.raises(AnsibleFilterError, match=r"^roce_ipam_pod_networks: " + message):
+        pod_networks(pools, text)
+    assert first["ledger"] == snapshot
+    # A range clear of them is accepted, and new hosts go around it.
+    clear = [{**PODS, "pod_range": "10.50.0.4/30"}]
+    assert pod_networks(clear, text)["pods"]["range"] == "10.50.0.4/30"
+    grown = assign(first["ledger"], clear, [req(f"node{i}", pool="pods") for i in range(1, 5)])
+    assert addresses(grown)[("node4", "mlx5_0")] == "10.50.0.8"
+
+
+def test_an_address_held_back_after_its_release_keeps_a_pod_range_off_until_the_hold_passed():
+    first = assign(None, [{**PODS, "pod_range": None}], [req("node1", pool="pods"), req("node2", pool="pods")])
+    released = assign(first["ledger"], [{**PODS, "pod_range": None}], [], release="node2", hold_days=7, now=day(0))
+    pools = [{**PODS, "pod_range": "10.50.0.0/30"}]
+    message = (
+        r"pool pods: pod_range 10.50.0.0/30 contains address\(es\) the ledger holds back after their release: "
+        r"10.50.0.2 \(node2/mlx5_0, released at 2026-01-10T12:00:00Z\), 10.50.0.1 \(node1/mlx5_0, released at "
+        r"2026-01-11T12:00:00Z\); declare the pod_range once roce_ipam_release_hold has passed"
+    )
+    # Both hosts released, their addresses held back for 7 days: no pod may take them before.
+    both = assign(released["ledger"], [{**PODS, "pod_range": None}], [], release="node1", hold_days=7, now=day(1))
+    with pytest.raises(AnsibleFilterError, match=r"^roce_ipam_assign: .*" + message):
+        assign(both["ledger"], pools, [], hold_days=7, now=day(2))
+    with pytest.raises(AnsibleFilterError, match=r"^roce_ipam_pod_networks: .*" + message):
+        pod_networks(pools, both["ledger"])
+    later = assign(both["ledger"], pools, [req("node3", pool="pods")], hold_days=7, now=day(9))
+    assert "released" not in later["ledger"]
+    assert addresses(later) == {("node3", "mlx5_0"): "10.50.0.4"}
+    assert pod_networks(pools, later["ledger"])["pods"]["range"] == "10.50.0.0/30"
+
+
+def test_exclusions_may_meet_the_pod_range():
+    pools = [{**PODS, "exclude": ["10.50.0.128/25"]}]  # also over the gateway: excluded for everyone
+    assert pod_networks(pools)["pods"]["exclude"] == ["10.50.0.128/26"]
+    assert assign(None, pools, [req("a", pool="pods")])["allocations"]["a"]["mlx5_0"]["address"] == "10.50.0.1"
+
+
+# The property: for any pools (IPv4 or IPv6 subnets that never overlap, optional gateway,
+# reservations, exclusions, a pod range or none) and any hosts, in two rounds, plain or aligned,
+# no address the host ledger hands out, reserves or routes through lies in any pool's pod range,
+# and roce_ipam_pod_networks's ranges meet neither each other nor any of those.
+
+
+@st.composite
+def pod_pools(draw):
+    pools = []
+    for index in range(draw(st.integers(1, 3))):
+        version = draw(st.sampled_from([4, 6]))
+        prefix = draw(st.integers(24, 28) if version == 4 else st.integers(120, 124))
+        network = ipaddress.ip_network(f"10.{index}.0.0/{prefix}" if version == 4 else f"fd00:{index}::/{prefix}")
+        every = list(network)
+        pool = {"name": f"pool{index}", "subnet": str(network)}
+        pod = None
+        if draw(st.integers(0, 3)):  # mostly a pod range
+            # Mostly part of the subnet, now and then all of it (the hosts then get nothing).
+            whole = draw(st.integers(0, 9)) == 0
+            pod_prefix = network.prefixlen if whole else draw(st.integers(network.prefixlen + 1, network.max_prefixlen))
+            pod = draw(st.sampled_from(list(network.subnets(new_prefix=pod_prefix))))
+            pool["pod_range"] = str(pod)
+        outside = [a for a in every if pod is None or a not in pod]
+        if outside and draw(st.booleans()):
+            pool["gateway"] = str(draw(st.sampled_from(outside)))
+        if draw(st.booleans()):  # an eighth of the subnet or less each, meeting the pods' range or not
+            sizes = st.integers(prefix + 3, network.max_prefixlen)
+            pool["exclude"] = [
+                str(draw(st.sampled_from(list(network.subnets(new_prefix=draw(sizes))))))
+                for _ in range(draw(st.integers(1, 2)))
+            ]
+        excluded = [ipaddress.ip_network(x) for x in pool.get("exclude", [])]
+        usable = [
+            a
+            for a in outside
+            if a != network.network_address
+            and (version == 6 or a != network.broadcast_address)
+            and str(a) != pool.get("gateway")
+            and not any(a in x for x in excluded)
+        ]
+        chosen = draw(st.lists(st.sampled_from(usable), max_size=2, unique=True)) if usable else []
+        if chosen:
+            pool["reserved"] = [
+                {"host": f"r{index}-{n}", "device": "mlx5_0", "ip": str(a)} for n, a in enumerate(chosen)
+            ]
+        pools.append(pool)
+    return pools
+
+
+def assert_clear_of_pods(pools, result):
+    networks = pod_networks(pools, result["ledger"])
+    ranges = [ipaddress.ip_network(n["range"]) for n in networks.values()]
+    assert {name for name, pool in ((p["name"], p) for p in pools) if "pod_range" in pool} == networks.keys()
+    for one, other in itertools.combinations(ranges, 2):
+        assert not one.overlaps(other)
+    used = [ipaddress.ip_address(entry["ip"]) for entry in result["ledger"]["allocations"]]
+    used += [ipaddress.ip_address(entry["ip"]) for entry in result["ledger"].get("released", [])]
+    used += [ipaddress.ip_address(d["address"]) for devices in result["allocations"].values() for d in devices.values()]
+    for pool in pools:
+        used += [ipaddress.ip_address(r["ip"]) for r in pool.get("reserved", [])]
+        used += [ipaddress.ip_address(pool["gateway"])] if "gateway" in pool else []
+    for address in used:
+        assert not any(address in pod for pod in ranges), (address, ranges)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pod_pools(),
+    st.lists(st.sampled_from([f"node{n}" for n in range(1, 13)]), min_size=1, max_size=8, unique=True),
+    st.integers(0, 6),
+    st.booleans(),
+    st.data(),
+)
+def test_property_hosts_and_pods_never_share_an_address(pools, host_names, later, aligned, data):
+    names = [pool["name"] for pool in pools]
+    pool_of = {}  # (host, device) -> pool, drawn once
+
+    def wanted(host_list):
+        # Aligned: one device per pool; else two devices, each from any pool.
+        if aligned:
+            return [req(h, f"mlx5_{n}", name) for h in host_list for n, name in enumerate(names)]
+        for key in itertools.product(host_list, ("mlx5_0", "mlx5_1")):
+            if key not in pool_of:
+                pool_of[key] = data.draw(st.sampled_from(names))
+        return [req(h, d, pool_of[(h, d)]) for h in host_list for d in ("mlx5_0", "mlx5_1")]
+
+    reserved_keys = [req(r["host"], r["device"], p["name"]) for p in pools for r in p.get("reserved", [])]
+    first_hosts, more = host_names, [f"late{n}" for n in range(later)]
+    try:
+        first = assign(None, pools, wanted(first_hosts) + ([] if aligned else reserved_keys), aligned=aligned)
+    except AnsibleFilterError as error:
+        assert "is exhausted" in str(error), str(error)
+        event("a pool exhausted by the first hosts")
+        return
+    assert_clear_of_pods(pools, first)
+    try:
+        release = data.draw(st.lists(st.sampled_from(first_hosts), unique=True, max_size=3))
+        second = assign(
+            first["ledger"],
+            pools,
+            wanted(first_hosts + more),
+            release=[{"host": h} for h in release] or None,
+            aligned=aligned,
+            hold_days=1,
+            now=day(0),
+        )
+    except AnsibleFilterError as error:
+        assert "is exhausted" in str(error), str(error)  # small pools: the only refusal a valid plan may meet
+        event("a pool exhausted by the later hosts")
+        return
+    assert_clear_of_pods(pools, second)
+    event(f"allocated, {'aligned' if aligned else 'plain'}, {len(pod_networks(pools))} pod range(s)")
