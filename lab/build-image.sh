@@ -27,6 +27,7 @@ packages=(
   mdadm nvme-cli xfsprogs e2fsprogs fdisk lvm2
   rdma-core ibverbs-utils ibverbs-providers perftest rdmacm-utils infiniband-diags
   nfs-common nfs-kernel-server
+  containernetworking-plugins
   fio iperf3 procps less
 )
 
