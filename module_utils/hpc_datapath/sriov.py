@@ -119,8 +119,10 @@ def vf_state(vf_pci, sys_root=SYS):
         "pci_address": vf_pci,
         "driver": _link_name(os.path.join(device, "driver")),
         "driver_override": _read(os.path.join(device, "driver_override"), "(null)"),
-        # The net directory lists the netdevs of the reader's namespace only.
+        # The net directory lists the netdevs of the reader's namespace only; a driver that makes
+        # no netdev (uio, pci-stub) makes no net directory either.
         "netdev": netdevs[0] if netdevs else None,
+        "net_elsewhere": not netdevs and os.path.isdir(os.path.join(device, "net")),
     }
 
 
@@ -136,18 +138,15 @@ def existing_vfs(pf_pci, sys_root=SYS):
 
 def in_use(vf, netdev_facts):
     """Why a VF is in use, or None. netdev_facts: name -> {'addresses': [...], 'master': str|None}."""
-    if vf["driver"] == "vfio-pci":
-        return "bound to vfio-pci"
-    if vf["driver"] and vf["netdev"] is None:
-        return "its netdev is in another network namespace" if vf["driver"] != "pci-stub" else "bound to pci-stub"
-    if vf["netdev"] is None:
-        return None
-    facts = netdev_facts.get(vf["netdev"]) or {}
-    if facts.get("addresses"):
-        return f"{vf['netdev']} carries {', '.join(facts['addresses'])}"
-    if facts.get("master"):
-        return f"{vf['netdev']} is a port of {facts['master']}"
-    return None
+    facts = netdev_facts.get(vf["netdev"]) or {} if vf["netdev"] else {}
+    reasons = [
+        (vf["driver"] == "vfio-pci", "bound to vfio-pci"),
+        (vf.get("net_elsewhere"), "its netdev is in another network namespace"),
+        (vf["driver"] and not vf["netdev"], f"bound to {vf['driver']}, which makes no netdev"),
+        (facts.get("addresses"), f"{vf['netdev']} carries {', '.join(facts.get('addresses') or [])}"),
+        (facts.get("master"), f"{vf['netdev']} is a port of {facts.get('master')}"),
+    ]
+    return next((reason for applies, reason in reasons if applies), None)
 
 
 # --- the plan: checks against the node, before anything is touched ----------------------------
@@ -196,9 +195,7 @@ def _vf_settings(where, settings, problems):
         problems.append(f"{where}.vlan: {vlan!r} is not a VLAN id (0 to 4094, 0 for none)")
     if result["link_state"] is not None and result["link_state"] not in LINK_STATES:
         problems.append(f"{where}.link_state: {result['link_state']!r} is not one of {', '.join(LINK_STATES)}")
-    if result["driver"] is None:
-        result["driver"] = "netdev"
-    if result["driver"] not in DRIVERS:
+    if result["driver"] is not None and result["driver"] not in DRIVERS:
         problems.append(f"{where}.driver: {result['driver']!r} is not one of {', '.join(DRIVERS)}")
     return result
 
@@ -216,10 +213,9 @@ def _vf_overrides(where, entries, count, defaults, problems):
             problems.append(f"{at}.index: VF {vf_index} does not exist with num_vfs {count}")
         if vf_index in overrides:
             problems.append(f"{at}.index: VF {vf_index} is listed twice")
-        given = {key: value for key, value in settings.items() if value is not None}
-        overrides[vf_index] = _vf_settings(
-            at, {**{k: v for k, v in defaults.items() if v is not None}, **given}, problems
-        )
+        # Each value is checked where it is written: vf_defaults once, a VF's own here.
+        given = {key: value for key, value in _vf_settings(at, settings, problems).items() if value is not None}
+        overrides[vf_index] = {**defaults, **given}
     return overrides
 
 
@@ -251,6 +247,7 @@ def plan_pf(index, spec, pfs, sys_root=SYS):
     opted_in = spec.get("allow_count_change_in_use", False)
     _flag(f"{where}.allow_count_change_in_use", opted_in, problems)
     defaults = _vf_settings(f"{where}.vf_defaults", spec.get("vf_defaults") or {}, problems)
+    defaults["driver"] = defaults["driver"] or "netdev"
     overrides = _vf_overrides(where, spec.get("vfs") or [], count, defaults, problems)
     if pf is None or count is None or problems:
         return None, problems
@@ -432,7 +429,7 @@ def _wait_for_netdev(vf, sys_root, wait):
         time.sleep(0.2)
 
 
-def _bind(runner, vf, state, sys_root):
+def _bind(runner, vf, state, netdev_facts, sys_root):
     """Bind a VF to the wanted driver class: vfio-pci through driver_override, else the kernel's."""
     device = pci_device(vf["pci_address"], sys_root)
     wants_vfio = vf["driver"] == "vfio-pci"
@@ -440,13 +437,20 @@ def _bind(runner, vf, state, sys_root):
     bound_right = (state["driver"] == "vfio-pci") == wants_vfio and state["driver"] is not None
     if state["driver_override"] == override and bound_right:
         return False
+    # Unbinding a VF a VM or a pod holds blocks until it lets go, or cuts it off.
+    busy = in_use(state, netdev_facts) if state["driver"] is not None and not bound_right else None
+    if busy:
+        raise ApplyError(
+            f"VF {vf['index']} ({vf['pci_address']}) should move to {vf['driver']}, and it is in use ({busy})"
+        )
     if wants_vfio:
         runner.change(["modprobe", "vfio-pci"], "vfio-pci takes VFs for DPDK and VMs")
-    runner.write(
-        os.path.join(device, "driver_override"),
-        "vfio-pci" if wants_vfio else "",
-        f"VF {vf['pci_address']}: {vf['driver']}",
-    )
+    if state["driver_override"] != override:
+        runner.write(
+            os.path.join(device, "driver_override"),
+            "vfio-pci" if wants_vfio else "",
+            f"VF {vf['pci_address']}: {vf['driver']}",
+        )
     if state["driver"] is not None and not bound_right:
         runner.write(
             os.path.join(device, "driver/unbind"),
@@ -510,7 +514,7 @@ def _apply_vf(runner, pf, vf, info, netdev_facts, *, sys_root):
         unbind = os.path.join(pci_device(vf["pci_address"], sys_root), "driver/unbind")
         runner.write(unbind, vf["pci_address"], f"VF {vf['index']}: reload for its MAC")
         state = {**state, "driver": None}
-    probed = _bind(runner, vf, state, sys_root)
+    probed = _bind(runner, vf, state, netdev_facts, sys_root)
     if vf["driver"] == "netdev":
         _rename(runner, vf, _wait_for_netdev(vf, sys_root, probed and not runner.check_mode))
 
@@ -606,14 +610,21 @@ def main(argv):
     except (OSError, ValueError) as error:
         print(f"hpc-sriov: reading the plan {options.plan}: {error}", file=sys.stderr)
         return 1
+    pfs = the_plan.get("pfs") if isinstance(the_plan, dict) else None
+    if not isinstance(pfs, list):
+        print(f"hpc-sriov: the plan {options.plan} holds no list of PFs", file=sys.stderr)
+        return 1
     failed = 0
     # One PF that fails does not keep the others' VFs from coming back.
-    for pf_plan in the_plan.get("pfs", []):
+    for pf_plan in pfs:
         runner = Runner(_run)
         try:
             apply_pf(runner, pf_plan, {}, options.sysfs)
         except ApplyError as error:
             print(f"hpc-sriov: {error}", file=sys.stderr)
+            failed = 1
+        except (KeyError, TypeError, ValueError, OSError) as error:
+            print(f"hpc-sriov: a PF of the plan {options.plan} cannot be applied: {error!r}", file=sys.stderr)
             failed = 1
         for change in runner.changes:
             print(f"hpc-sriov: {change['why']}")

@@ -72,9 +72,10 @@ class Node:
     def pf_address(self, pf):
         return os.path.basename(os.path.realpath(self.sys / "class" / "net" / pf / "device"))
 
-    def vf(self, pf, index, *, driver="mlx5_core", netdev=None, override="(null)", **info):
+    def vf(self, pf, index, *, driver="mlx5_core", netdev=None, elsewhere=False, override="(null)", **info):
         """VF index of pf, (re)made: bound to driver (None: unbound), its netdev here (None: none), and
-        its vfinfo: VFINFO with info over it, a key given None left out (a driver that hides it)."""
+        its vfinfo: VFINFO with info over it, a key given None left out (a driver that hides it).
+        elsewhere: its netdev is in another namespace (the net directory is there, empty)."""
         pf_device = self.device(self.pf_address(pf))
         read = {name: int((pf_device / f"sriov_{name}").read_text()) for name in ("offset", "stride")}
         address = sriov.vf_address(self.pf_address(pf), read["offset"], read["stride"], index)
@@ -85,6 +86,8 @@ class Node:
             link(self.device(address) / "driver", f"../../drivers/{driver}")
         if netdev:
             (self.device(address) / "net" / netdev).mkdir(parents=True)
+        if elsewhere:
+            (self.device(address) / "net").mkdir(parents=True)
         if not (pf_device / f"virtfn{index}").is_symlink():
             link(pf_device / f"virtfn{index}", f"../{address}")
         self.vfinfo[pf][index] = {"vf": index} | {k: v for k, v in (VFINFO | info).items() if v is not None}
@@ -349,6 +352,11 @@ def test_a_vf_address_is_the_pfs_routing_id_plus_offset_and_stride(case):
         assert sriov.vf_address(pf_address, offset, stride, second) != address
 
 
+def test_a_vf_on_a_driver_that_makes_no_netdev_is_in_use():
+    vf = {"driver": "uio_pci_generic", "netdev": None, "net_elsewhere": False}
+    assert sriov.in_use(vf, {}) == "bound to uio_pci_generic, which makes no netdev"
+
+
 FACTS = {"ens1f0v2": {"addresses": ["10.0.0.2/24"], "master": None}, "ens1f0v3": {"addresses": [], "master": "bond0"}}
 IN_USE = (
     "sriov_pfs[0].num_vfs: changing the VF count of ens1f0 from 5 to {wanted} tears down every VF, and these are "
@@ -370,7 +378,7 @@ IN_USE = (
 )
 def test_a_count_change_tearing_down_vfs_in_use_needs_the_opt_in(node, current, wanted, opted_in, problem):
     node.made("ens1f0", 5)  # VF 4 stays as made: bound, named, no address, not in use
-    node.vf("ens1f0", 0)  # bound, its netdev moved to another namespace
+    node.vf("ens1f0", 0, elsewhere=True)  # bound, its netdev moved to another namespace
     node.vf("ens1f0", 1, driver="vfio-pci")
     write(node.device(PF1) / "sriov_numvfs", str(current))
     spec = {"name": "ens1f0", "num_vfs": wanted, "allow_count_change_in_use": opted_in}
@@ -402,10 +410,8 @@ NEW_VFS = [
     "echo 0 > 0000:01:00.0/sriov_drivers_autoprobe",
     "echo 2 > 0000:01:00.0/sriov_numvfs",
     f"ip link set dev ens1f0 vf 0 mac {MAC0} trust on spoofchk off",
-    "echo > 0000:01:10.0/driver_override",
     "echo 0000:01:10.0 > drivers_probe",
     "ip link set dev ens1f0 vf 1 trust on spoofchk off",
-    "echo > 0000:01:10.2/driver_override",
     "echo 0000:01:10.2 > drivers_probe",
     "echo 1 > 0000:01:00.0/sriov_drivers_autoprobe",
 ]
@@ -445,9 +451,7 @@ def test_a_count_change_removes_the_old_vfs_first(node):
             "echo 0 > 0000:01:00.0/sriov_numvfs",
             "echo 0 > 0000:01:00.0/sriov_drivers_autoprobe",
             "echo 4 > 0000:01:00.0/sriov_numvfs",
-            "echo > 0000:01:10.4/driver_override",
             "echo 0000:01:10.4 > drivers_probe",
-            "echo > 0000:01:10.6/driver_override",
             "echo 0000:01:10.6 > drivers_probe",
             "echo 1 > 0000:01:00.0/sriov_drivers_autoprobe",
         ],
@@ -498,7 +502,6 @@ def test_a_bound_vf_whose_netdev_is_elsewhere_is_not_waited_for(node, waits):
                 [
                     f"ip link set dev ens1f0 vf 0 mac {MAC0}",
                     "echo 0000:01:10.0 > 0000:01:10.0/driver/unbind",
-                    "echo > 0000:01:10.0/driver_override",
                     "echo 0000:01:10.0 > drivers_probe",
                 ],
                 None,
@@ -534,6 +537,22 @@ def test_a_vf_moves_to_vfio_pci_through_driver_override(node):
     )
     assert node.read("0000:01:10.2/driver_override") == "vfio-pci\n"
     assert (node.sys / "bus" / "pci" / "drivers" / "mlx5_core" / "unbind").read_text() == "0000:01:10.2\n"
+
+
+def test_a_vf_in_use_keeps_its_driver(node):
+    node.made("ens1f0", 2)
+    facts = {"ens1f0v1": {"addresses": ["10.0.0.2/24"], "master": None}}
+    pfs = [{"name": "ens1f0", "num_vfs": 2, "vfs": [{"index": 1, "driver": "vfio-pci"}]}]
+    assert apply(node, pfs, facts) == Applied(
+        [], "VF 1 (0000:01:10.2) should move to vfio-pci, and it is in use (ens1f0v1 carries 10.0.0.2/24)"
+    )
+
+
+def test_a_bad_default_is_reported_once_not_for_every_vf_listed(node):
+    pfs = [{"name": "ens1f0", "num_vfs": 2, "vf_defaults": {"vlan": 5000}, "vfs": [{"index": 0}, {"index": 1}]}]
+    assert [problem for problem in problems(node, pfs) if "vlan" in problem] == [
+        "sriov_pfs[0].vf_defaults.vlan: 5000 is not a VLAN id (0 to 4094, 0 for none)"
+    ]
 
 
 def test_a_count_change_of_vfs_in_use_is_refused_again_when_applied(node):
@@ -698,10 +717,8 @@ def test_the_boot_program_goes_on_to_the_next_pf_after_one_fails(node, tmp_path,
         "hpc-sriov: ens2f0: new VFs wait for their settings",
         "hpc-sriov: ens2f0: 2 VFs",
         "hpc-sriov: VF 0: trust on",
-        "hpc-sriov: VF 0000:02:00.2: netdev",
         "hpc-sriov: probe 0000:02:00.2",
         "hpc-sriov: VF 1: trust on",
-        "hpc-sriov: VF 0000:02:00.3: netdev",
         "hpc-sriov: probe 0000:02:00.3",
         "hpc-sriov: ens2f0: VFs probe by themselves again",
     ]
