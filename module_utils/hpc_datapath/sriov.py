@@ -429,8 +429,9 @@ def _wait_for_netdev(vf, sys_root, wait):
         time.sleep(0.2)
 
 
-def _bind(runner, vf, state, netdev_facts, sys_root):
-    """Bind a VF to the wanted driver class: vfio-pci through driver_override, else the kernel's."""
+def _prepare_driver(runner, vf, state, netdev_facts, sys_root):
+    """Ready a VF for the wanted driver class (vfio-pci through driver_override, else the kernel's):
+    unbound from a wrong one. True where it must be probed."""
     device = pci_device(vf["pci_address"], sys_root)
     wants_vfio = vf["driver"] == "vfio-pci"
     override = "vfio-pci" if wants_vfio else "(null)"
@@ -457,9 +458,7 @@ def _bind(runner, vf, state, netdev_facts, sys_root):
             vf["pci_address"],
             f"unbind {vf['pci_address']} from {state['driver']}",
         )
-    if not bound_right:
-        runner.write(os.path.join(sys_root, "bus/pci/drivers_probe"), vf["pci_address"], f"probe {vf['pci_address']}")
-    return True
+    return not bound_right
 
 
 def _rename(runner, vf, state):
@@ -495,7 +494,7 @@ def _set_count(runner, pf, pf_plan, current, *, sys_root):
 
 
 def _apply_vf(runner, pf, vf, info, netdev_facts, *, sys_root):
-    """One VF: its attributes through the PF, then its driver, then its name."""
+    """One VF's attributes through the PF, and its driver readied. True where it must be probed."""
     arguments = _attribute_changes(pf, vf, info)
     state = vf_state(vf["pci_address"], sys_root)
     # A bound netdev driver took its MAC when it probed: it must probe again, which a VF in use cannot.
@@ -514,9 +513,7 @@ def _apply_vf(runner, pf, vf, info, netdev_facts, *, sys_root):
         unbind = os.path.join(pci_device(vf["pci_address"], sys_root), "driver/unbind")
         runner.write(unbind, vf["pci_address"], f"VF {vf['index']}: reload for its MAC")
         state = {**state, "driver": None}
-    probed = _bind(runner, vf, state, netdev_facts, sys_root)
-    if vf["driver"] == "netdev":
-        _rename(runner, vf, _wait_for_netdev(vf, sys_root, probed and not runner.check_mode))
+    return _prepare_driver(runner, vf, state, netdev_facts, sys_root)
 
 
 def apply_pf(runner, pf_plan, netdev_facts, sys_root=SYS):
@@ -536,6 +533,7 @@ def apply_pf(runner, pf_plan, netdev_facts, sys_root=SYS):
     refusal = count_change_problem(None, pf_plan, netdev_facts, sys_root) if created else None
     if refusal:
         raise ApplyError(refusal)
+    to_probe = []
     try:
         if created:
             _set_count(runner, pf, pf_plan, current, sys_root=sys_root)
@@ -545,10 +543,23 @@ def apply_pf(runner, pf_plan, netdev_facts, sys_root=SYS):
         for vf in pf_plan["vfs"]:
             if vf["index"] not in info:
                 raise ApplyError(f"{pf}: VF {vf['index']} is missing from ip -d link after setting {wanted} VFs")
-            _apply_vf(runner, pf, vf, info[vf["index"]], netdev_facts, sys_root=sys_root)
+            if _apply_vf(runner, pf, vf, info[vf["index"]], netdev_facts, sys_root=sys_root):
+                to_probe.append(vf)
     finally:
+        # The kernel probes a VF of a PF without autoprobe only through driver_override.
         if created and wanted:
             runner.write(os.path.join(device, "sriov_drivers_autoprobe"), 1, f"{pf}: VFs probe by themselves again")
+    _probe_and_name(runner, pf_plan["vfs"], to_probe, sys_root)
+
+
+def _probe_and_name(runner, vfs, to_probe, sys_root):
+    """Probe the VFs readied for their driver, then name each netdev VF as the plan says."""
+    for vf in to_probe:
+        runner.write(os.path.join(sys_root, "bus/pci/drivers_probe"), vf["pci_address"], f"probe {vf['pci_address']}")
+    for vf in vfs:
+        if vf["driver"] == "netdev":
+            probed = vf in to_probe and not runner.check_mode
+            _rename(runner, vf, _wait_for_netdev(vf, sys_root, probed))
 
 
 def apply_plan(the_plan, runner, netdev_facts=None, sys_root=None):

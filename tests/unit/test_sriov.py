@@ -406,14 +406,16 @@ def apply(node, pfs, facts=None, check_mode=False):
     return Applied([node.shown(change) for change in runner.changes], None)
 
 
+# The kernel probes a VF of a PF without autoprobe only through driver_override: the netdev VFs
+# are probed once autoprobe is back on.
 NEW_VFS = [
     "echo 0 > 0000:01:00.0/sriov_drivers_autoprobe",
     "echo 2 > 0000:01:00.0/sriov_numvfs",
     f"ip link set dev ens1f0 vf 0 mac {MAC0} trust on spoofchk off",
-    "echo 0000:01:10.0 > drivers_probe",
     "ip link set dev ens1f0 vf 1 trust on spoofchk off",
-    "echo 0000:01:10.2 > drivers_probe",
     "echo 1 > 0000:01:00.0/sriov_drivers_autoprobe",
+    "echo 0000:01:10.0 > drivers_probe",
+    "echo 0000:01:10.2 > drivers_probe",
 ]
 
 
@@ -426,9 +428,20 @@ def test_new_vfs_get_their_settings_before_their_driver_probes_them(node, waits)
     assert waits  # for the netdev of each probed VF, which never comes here
 
 
+@pytest.mark.parametrize("count", [2, 4])
+def test_netdev_vfs_are_probed_only_once_autoprobe_is_back_on(node, waits, count):
+    for index in range(count):
+        node.vf("ens1f0", index, driver=None)
+    changes = apply(node, [{"name": "ens1f0", "num_vfs": count}]).changes
+    back_on = changes.index("echo 1 > 0000:01:00.0/sriov_drivers_autoprobe")
+    probes = [position for position, change in enumerate(changes) if change.endswith("> drivers_probe")]
+    assert len(probes) == count
+    assert min(probes) > back_on
+
+
 def test_check_mode_records_the_new_vfs_and_changes_nothing(node):
     assert apply(node, [{"name": "ens1f0"} | SPEC], check_mode=True) == Applied(
-        [NEW_VFS[0], NEW_VFS[1], NEW_VFS[-1]], None
+        [NEW_VFS[0], NEW_VFS[1], NEW_VFS[4]], None
     )
     assert node.settings_made() == []
     assert (node.read(f"{PF1}/sriov_numvfs"), node.read(f"{PF1}/sriov_drivers_autoprobe")) == ("0\n", "1\n")
@@ -451,9 +464,9 @@ def test_a_count_change_removes_the_old_vfs_first(node):
             "echo 0 > 0000:01:00.0/sriov_numvfs",
             "echo 0 > 0000:01:00.0/sriov_drivers_autoprobe",
             "echo 4 > 0000:01:00.0/sriov_numvfs",
+            "echo 1 > 0000:01:00.0/sriov_drivers_autoprobe",
             "echo 0000:01:10.4 > drivers_probe",
             "echo 0000:01:10.6 > drivers_probe",
-            "echo 1 > 0000:01:00.0/sriov_drivers_autoprobe",
         ],
         None,
     )
@@ -717,10 +730,10 @@ def test_the_boot_program_goes_on_to_the_next_pf_after_one_fails(node, tmp_path,
         "hpc-sriov: ens2f0: new VFs wait for their settings",
         "hpc-sriov: ens2f0: 2 VFs",
         "hpc-sriov: VF 0: trust on",
-        "hpc-sriov: probe 0000:02:00.2",
         "hpc-sriov: VF 1: trust on",
-        "hpc-sriov: probe 0000:02:00.3",
         "hpc-sriov: ens2f0: VFs probe by themselves again",
+        "hpc-sriov: probe 0000:02:00.2",
+        "hpc-sriov: probe 0000:02:00.3",
     ]
     assert [node.read(f"{pf}/sriov_numvfs") for pf in (PF1, PF2)] == ["2\n", "2\n"]
     assert [node.read(f"{pf}/sriov_drivers_autoprobe") for pf in (PF1, PF2)] == ["1\n", "1\n"]
