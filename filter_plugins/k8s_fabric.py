@@ -390,6 +390,19 @@ def _routes(routes, subnet, where, problems):
     return checked
 
 
+def _covered(first, last, networks):
+    """Whether the networks together hold every address from first to last."""
+    at = first
+    for net in sorted(networks, key=lambda net: net.network_address):
+        if net.network_address > at:
+            break
+        if net.broadcast_address >= at:
+            if net.broadcast_address >= last:
+                return True
+            at = net.broadcast_address + 1
+    return False
+
+
 def _whereabouts(pod, pool, where, problems):
     """The whereabouts IPAM block of a pool's pod range (roce_ipam_pod_networks' answer for it)."""
     try:
@@ -406,6 +419,28 @@ def _whereabouts(pod, pool, where, problems):
         problems.add(where, f"pool {pool}: pod range {pod_range} is not inside the subnet {subnet}")
         return None, None
     first, last = pod_range.network_address, pod_range.broadcast_address
+    # whereabouts (iphelpers.GetIPRange) hands out the subnet's addresses but its first and last,
+    # and silently ignores a range_start or range_end outside them: a pod range of only those
+    # would give pods the whole subnet, the hosts' addresses with it. A /31 or /32 (/127, /128)
+    # has no address it hands out at all.
+    if subnet.num_addresses <= 2:
+        problems.add(where, f"pool {pool}: whereabouts hands out no address in a /{subnet.prefixlen} ({subnet})")
+        return None, None
+    usable_first, usable_last = max(first, subnet.network_address + 1), min(last, subnet.broadcast_address - 1)
+    if usable_first > usable_last:
+        problems.add(
+            where,
+            f"pool {pool}: the pod range {pod_range} holds only the first or last address of {subnet}, which "
+            "whereabouts never hands out; it would ignore range_start and range_end and hand pods the whole subnet",
+        )
+        return None, None
+    if _covered(usable_first, usable_last, [net for net in exclude if net.version == subnet.version]):
+        problems.add(
+            where,
+            f"pool {pool}: every address whereabouts could hand out in the pod range {pod_range} is excluded "
+            f"({', '.join(str(net) for net in exclude)}): no pod would get one",
+        )
+        return None, None
     if gateway is not None and first <= gateway <= last and not any(gateway in net for net in exclude):
         problems.add(where, f"pool {pool}: the gateway {gateway} is inside the pod range {pod_range}")
         return None, None
