@@ -34,6 +34,13 @@ options:
     type: list
     elements: dict
     default: []
+  firmware:
+    description:
+      - The role's C(sriov_firmware) (C(device), C(num_vfs)). A PF whose count only the NUM_OF_VFS
+        given here allows waits for its firmware (a reboot) instead of being refused.
+    type: list
+    elements: dict
+    default: []
   plan:
     description: For C(state=apply), the plan that C(state=plan) returned.
     type: dict
@@ -75,6 +82,10 @@ vfio_needed:
   type: bool
 changes:
   description: What was changed (in check mode, would be), each with the command or sysfs file.
+  returned: state=apply
+  type: list
+pending:
+  description: What VFs in use keep until they are free, and PFs that wait for their firmware, in sentences.
   returned: state=apply
   type: list
 status:
@@ -120,6 +131,7 @@ def main():
         argument_spec={
             "state": {"type": "str", "choices": ["plan", "apply", "install"], "default": "plan"},
             "pfs": {"type": "list", "elements": "dict", "default": []},
+            "firmware": {"type": "list", "elements": "dict", "default": []},
             "plan": {"type": "dict"},
             "boot_program": {"type": "path"},
         },
@@ -131,7 +143,7 @@ def main():
         install_boot_program(module, sriov_utils, "sriov_vfs", module.params["boot_program"])
     facts = netdev_facts(module)
     if state == "plan":
-        plan, problems = sriov_utils.plan(module.params["pfs"], facts)
+        plan, problems = sriov_utils.plan(module.params["pfs"], facts, firmware=module.params["firmware"])
         vfio = any(vf["driver"] == "vfio-pci" for pf in plan["pfs"] for vf in pf["vfs"])
         module.exit_json(changed=False, plan=plan, problems=problems, vfio_needed=vfio)
     runner = sriov_utils.Runner(module.run_command, check_mode=module.check_mode)
@@ -140,7 +152,7 @@ def main():
         status = sriov_utils.status(module.params["plan"], runner)
     except sriov_utils.ApplyError as error:
         module.fail_json(msg=f"sriov_vfs: {error}", changes=runner.changes)
-    module.exit_json(changed=bool(changes), changes=changes, status=status)
+    module.exit_json(changed=bool(changes), changes=changes, pending=runner.pending, status=status)
 
 
 if __name__ == "__main__":

@@ -83,13 +83,14 @@ def pci_device(address, sys_root=SYS):
 
 
 def physical_functions(sys_root=SYS):
-    """Every netdev of this namespace whose PCI device can hold VFs: name, PCI address, MAC, counts."""
+    """Every netdev of this namespace on a PCI function: name, PCI address, MAC, VF counts (a total
+    of None: not SR-IOV capable, as a ConnectX port is until its firmware has SRIOV_EN)."""
     found = []
     for name in _listdir(os.path.join(sys_root, "class/net")):
         device = os.path.join(sys_root, "class/net", name, "device")
-        total = _read_int(os.path.join(device, "sriov_totalvfs"))
-        if total is None:
+        if not PCI_ADDRESS.match(os.path.basename(os.path.realpath(device))):
             continue
+        total = _read_int(os.path.join(device, "sriov_totalvfs"))
         base = os.path.join(sys_root, "class/net", name)
         found.append(
             {
@@ -170,7 +171,8 @@ def _find_pf(where, spec, pfs, problems):
         return None
     matches = [pf for pf in pfs if pf[key] == value]
     if not matches:
-        known = ", ".join(f"{pf['name']} ({pf['pci_address']}, {pf['mac']})" for pf in pfs) or "none"
+        capable = [pf for pf in pfs if pf["total_vfs"] is not None]
+        known = ", ".join(f"{pf['name']} ({pf['pci_address']}, {pf['mac']})" for pf in capable) or "none"
         problems.append(f"{where}.{key}: no SR-IOV capable NIC {value} on this node (SR-IOV capable: {known})")
         return None
     return matches[0]
@@ -219,8 +221,52 @@ def _vf_overrides(where, entries, count, defaults, problems):
     return overrides
 
 
-def plan_pf(index, spec, pfs, sys_root=SYS):
-    """(plan of one PF or None, problems). spec is one entry of sriov_pfs."""
+def pci_key(address):
+    """A PCI address as sysfs spells it (domain, lower case), or None where it is not one."""
+    text = str(address).lower()
+    text = text if text.count(":") == 2 else f"0000:{text}"
+    return text if PCI_ADDRESS.match(text) else None
+
+
+def _count_problem(where, pf, count, firmware):
+    """(problem, deferred) of a VF count against what the PF holds now and what its firmware will."""
+    total = pf["total_vfs"]
+    if total is not None and count <= total:
+        return None, None
+    after_reset = firmware.get(pf["pci_address"])
+    if after_reset is not None and after_reset >= count:
+        return None, f"waits for the firmware's NUM_OF_VFS {after_reset} (sriov_firmware), which a reboot brings"
+    if total is None:
+        return (
+            f"{where}: {pf['name']} is not SR-IOV capable now (no sriov_totalvfs); a ConnectX port gets it "
+            "through sriov_firmware (SRIOV_EN, NUM_OF_VFS) and a reboot"
+        ), None
+    return f"{where}.num_vfs: {count} is more than {pf['name']} can hold (sriov_totalvfs {total})", None
+
+
+def _vf_addresses(where, pf, count, sys_root):
+    """(addresses of VF 0..count-1, problem): from sriov_offset and sriov_stride, each either free
+    or already this PF's VF of that index; never the PF itself or another device."""
+    device = pci_device(pf["pci_address"], sys_root)
+    offset, stride = _read_int(os.path.join(device, "sriov_offset")), _read_int(os.path.join(device, "sriov_stride"))
+    if not count:
+        return [], None
+    if not offset or stride is None:
+        return (
+            [],
+            f"{where}: {pf['name']} does not say where its VFs sit (sriov_offset {offset}, sriov_stride {stride})",
+        )
+    existing = existing_vfs(pf["pci_address"], sys_root)
+    addresses = [vf_address(pf["pci_address"], offset, stride, index) for index in range(count)]
+    for index, address in enumerate(addresses):
+        if os.path.exists(pci_device(address, sys_root)) and existing.get(index) != address:
+            return [], f"{where}: VF {index} of {pf['name']} would sit at {address}, which is another PCI device"
+    return addresses, None
+
+
+def plan_pf(index, spec, pfs, sys_root=SYS, firmware=None):
+    """(plan of one PF or None, problems). spec is one entry of sriov_pfs; firmware: PCI address ->
+    the NUM_OF_VFS sriov_firmware gives it."""
     where = f"sriov_pfs[{index}]"
     problems = []
     if not isinstance(spec, dict):
@@ -232,14 +278,16 @@ def plan_pf(index, spec, pfs, sys_root=SYS):
     if unknown:
         problems.append(f"{where}: unknown keys {', '.join(unknown)}")
     pf = _find_pf(where, spec, pfs, problems)
+    if pf is not None and not NETDEV_NAME.match(pf["name"]):
+        problems.append(f"{where}: the PF's name {pf['name']!r} has characters this role does not write into files")
     count = spec.get("num_vfs")
+    deferred = None
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         problems.append(f"{where}.num_vfs: {count!r} is not a VF count (0 or more)")
         count = None
-    elif pf is not None and count > pf["total_vfs"]:
-        problems.append(
-            f"{where}.num_vfs: {count} is more than {pf['name']} can hold (sriov_totalvfs {pf['total_vfs']})"
-        )
+    elif pf is not None:
+        problem, deferred = _count_problem(where, pf, count, firmware or {})
+        problems += [problem] if problem else []
     prefix = spec.get("name_prefix", "v")
     if not isinstance(prefix, str) or not NAME_PREFIX.match(prefix):
         problems.append(f"{where}.name_prefix: {prefix!r} must be up to 8 letters, digits or _")
@@ -251,36 +299,29 @@ def plan_pf(index, spec, pfs, sys_root=SYS):
     overrides = _vf_overrides(where, spec.get("vfs") or [], count, defaults, problems)
     if pf is None or count is None or problems:
         return None, problems
-    device = os.path.join(sys_root, "class/net", pf["name"], "device")
-    offset, stride = _read_int(os.path.join(device, "sriov_offset")), _read_int(os.path.join(device, "sriov_stride"))
-    if count and (offset is None or stride is None):
-        return None, [f"{where}: {pf['name']} does not say where its VFs sit (sriov_offset, sriov_stride unreadable)"]
-    vfs = []
-    for vf_index in range(count):
-        name = f"{pf['name']}{prefix}{vf_index}"
-        if not NETDEV_NAME.match(name) and (overrides.get(vf_index, defaults)["driver"] == "netdev"):
-            problems.append(
-                f"{where}.name_prefix: the VF name {name} is longer than the kernel's 15 characters; "
-                "choose a shorter name_prefix"
-            )
-            break
-        vfs.append(
-            {
-                "index": vf_index,
-                "pci_address": vf_address(pf["pci_address"], offset, stride, vf_index),
-                "name": name,
-                **overrides.get(vf_index, defaults),
-            }
-        )
     plan = {
         "name": pf["name"],
         "pci_address": pf["pci_address"],
         "num_vfs": count,
         "total_vfs": pf["total_vfs"],
         "allow_count_change_in_use": bool(opted_in),
-        "vfs": vfs,
+        "vfs": [],
     }
-    return (None if problems else plan), problems
+    if deferred:
+        return {**plan, "deferred": deferred}, []
+    addresses, problem = _vf_addresses(where, pf, count, sys_root)
+    if problem:
+        return None, [problem]
+    for vf_index, address in enumerate(addresses):
+        settings = overrides.get(vf_index, defaults)
+        name = f"{pf['name']}{prefix}{vf_index}"
+        if not NETDEV_NAME.match(name) and settings["driver"] == "netdev":
+            return None, [
+                f"{where}.name_prefix: the VF name {name} is longer than the kernel's 15 characters; "
+                "choose a shorter name_prefix"
+            ]
+        plan["vfs"].append({"index": vf_index, "pci_address": address, "name": name, **settings})
+    return plan, []
 
 
 def count_change_problem(index, pf_plan, netdev_facts, sys_root=SYS):
@@ -307,16 +348,40 @@ def count_change_problem(index, pf_plan, netdev_facts, sys_root=SYS):
     )
 
 
-def plan(pfs_wanted, netdev_facts, sys_root=None):
+def _name_problems(index, pf_plan, planned, sys_root):
+    """VF names that another netdev of the node, or another planned VF, has already."""
+    problems = []
+    for vf in pf_plan["vfs"]:
+        if vf["driver"] != "netdev":
+            continue
+        here = os.path.exists(os.path.join(sys_root, "class/net", vf["name"]))
+        own = (
+            os.path.exists(pci_device(vf["pci_address"], sys_root)) and vf_state(vf["pci_address"], sys_root)["netdev"]
+        )
+        holder = planned.get(vf["name"]) or (f"the netdev {vf['name']}" if here and own != vf["name"] else None)
+        if holder:
+            problems.append(
+                f"sriov_pfs[{index}]: VF {vf['index']} of {pf_plan['name']} would be named {vf['name']}, "
+                f"as {holder} is; choose another name_prefix"
+            )
+        planned[vf["name"]] = f"VF {vf['index']} of {pf_plan['name']}"
+    return problems
+
+
+def plan(pfs_wanted, netdev_facts, sys_root=None, firmware=None):
     """(plan, problems): every PF of sriov_pfs checked against the node, nothing touched.
 
-    sys_root: where sysfs is; SYS as it is at the call.
+    sys_root: where sysfs is; SYS as it is at the call. firmware: sriov_firmware's entries.
     """
     sys_root = sys_root or SYS
     pfs = physical_functions(sys_root)
-    plans, problems, seen, macs = [], [], {}, {}
+    after_reset = {
+        pci_key(entry.get("device")): entry.get("num_vfs") for entry in firmware or [] if isinstance(entry, dict)
+    }
+    after_reset = {key: count for key, count in after_reset.items() if key and isinstance(count, int)}
+    plans, problems, seen, macs, names = [], [], {}, {}, {}
     for index, spec in enumerate(pfs_wanted):
-        pf_plan, found = plan_pf(index, spec, pfs, sys_root)
+        pf_plan, found = plan_pf(index, spec, pfs, sys_root, after_reset)
         problems += found
         if pf_plan is None:
             continue
@@ -331,7 +396,8 @@ def plan(pfs_wanted, netdev_facts, sys_root=None):
                 problems.append(f"sriov_pfs[{index}]: VF {vf['index']} has MAC {vf['mac']}, as {macs[vf['mac']]} has")
             elif vf["mac"]:
                 macs[vf["mac"]] = f"{pf_plan['name']} VF {vf['index']}"
-        refusal = count_change_problem(index, pf_plan, netdev_facts, sys_root)
+        problems += _name_problems(index, pf_plan, names, sys_root)
+        refusal = None if pf_plan.get("deferred") else count_change_problem(index, pf_plan, netdev_facts, sys_root)
         if refusal:
             problems.append(refusal)
         plans.append(pf_plan)
@@ -348,6 +414,7 @@ class Runner:
         self._run = run
         self.check_mode = check_mode
         self.changes = []
+        self.pending = []  # what a VF in use keeps until it is free, in sentences
 
     def query(self, argv):
         return self._run(argv)
@@ -429,7 +496,7 @@ def _wait_for_netdev(vf, sys_root, wait):
         time.sleep(0.2)
 
 
-def _prepare_driver(runner, vf, state, netdev_facts, sys_root):
+def _prepare_driver(runner, vf, state, sys_root):
     """Ready a VF for the wanted driver class (vfio-pci through driver_override, else the kernel's):
     unbound from a wrong one. True where it must be probed."""
     device = pci_device(vf["pci_address"], sys_root)
@@ -438,12 +505,6 @@ def _prepare_driver(runner, vf, state, netdev_facts, sys_root):
     bound_right = (state["driver"] == "vfio-pci") == wants_vfio and state["driver"] is not None
     if state["driver_override"] == override and bound_right:
         return False
-    # Unbinding a VF a VM or a pod holds blocks until it lets go, or cuts it off.
-    busy = in_use(state, netdev_facts) if state["driver"] is not None and not bound_right else None
-    if busy:
-        raise ApplyError(
-            f"VF {vf['index']} ({vf['pci_address']}) should move to {vf['driver']}, and it is in use ({busy})"
-        )
     if wants_vfio:
         runner.change(["modprobe", "vfio-pci"], "vfio-pci takes VFs for DPDK and VMs")
     if state["driver_override"] != override:
@@ -493,17 +554,29 @@ def _set_count(runner, pf, pf_plan, current, *, sys_root):
         runner.write(os.path.join(device, "sriov_numvfs"), wanted, f"{pf}: {wanted} VFs")
 
 
+def _driver_wrong(vf, state):
+    bound_right = (state["driver"] == "vfio-pci") == (vf["driver"] == "vfio-pci") and state["driver"] is not None
+    return not bound_right or state["driver_override"] != ("vfio-pci" if vf["driver"] == "vfio-pci" else "(null)")
+
+
 def _apply_vf(runner, pf, vf, info, netdev_facts, *, sys_root):
-    """One VF's attributes through the PF, and its driver readied. True where it must be probed."""
+    """One VF's attributes through the PF, and its driver readied. True where it must be probed.
+
+    A VF in use (a pod's, a VM's, one carrying addresses) is left as it is: the SR-IOV CNI sets
+    VLAN, trust and spoofchk of a pod's VF from its network, and a driver reload cuts it off. What
+    it would take is reported as pending.
+    """
     arguments = _attribute_changes(pf, vf, info)
     state = vf_state(vf["pci_address"], sys_root)
-    # A bound netdev driver took its MAC when it probed: it must probe again, which a VF in use cannot.
+    # A bound netdev driver took its MAC when it probed: it must probe again.
     reload = "mac" in arguments and state["driver"] not in (None, "vfio-pci")
-    busy = in_use(state, netdev_facts) if reload else None
+    busy = in_use(state, netdev_facts) if arguments or _driver_wrong(vf, state) else None
     if busy:
-        raise ApplyError(
-            f"{pf}: VF {vf['index']} takes MAC {vf['mac']} only when its driver reloads, and it is in use ({busy})"
+        wanted = " ".join(arguments) or f"driver {vf['driver']}"
+        runner.pending.append(
+            f"{pf}: VF {vf['index']} is in use ({busy}) and keeps its settings; it would take {wanted}"
         )
+        return False
     if arguments:
         runner.change(
             ["ip", "link", "set", "dev", pf, "vf", str(vf["index"]), *arguments],
@@ -513,26 +586,38 @@ def _apply_vf(runner, pf, vf, info, netdev_facts, *, sys_root):
         unbind = os.path.join(pci_device(vf["pci_address"], sys_root), "driver/unbind")
         runner.write(unbind, vf["pci_address"], f"VF {vf['index']}: reload for its MAC")
         state = {**state, "driver": None}
-    return _prepare_driver(runner, vf, state, netdev_facts, sys_root)
+    return _prepare_driver(runner, vf, state, sys_root)
+
+
+def _pf_netdev(runner, pf_plan, sys_root):
+    """The PF's netdev here, up: VFs pass traffic only while their PF is up."""
+    netdevs = _listdir(os.path.join(pci_device(pf_plan["pci_address"], sys_root), "net"))
+    if not netdevs:
+        raise ApplyError(f"the PF {pf_plan['pci_address']} ({pf_plan['name']}) has no netdev here")
+    if not _is_up(runner, netdevs[0], unreadable=False):
+        runner.change(
+            ["ip", "link", "set", "dev", netdevs[0], "up"], f"{netdevs[0]}: VFs pass traffic only while their PF is up"
+        )
+    return netdevs[0]
 
 
 def apply_pf(runner, pf_plan, netdev_facts, sys_root=SYS):
     """Bring one PF's VFs to the plan. Returns nothing; the runner holds the changes."""
+    if pf_plan.get("deferred"):
+        runner.pending.append(f"{pf_plan['name']}: {pf_plan['num_vfs']} VFs {pf_plan['deferred']}")
+        return
     device = pci_device(pf_plan["pci_address"], sys_root)
-    netdevs = _listdir(os.path.join(device, "net"))
-    if not netdevs:
-        raise ApplyError(f"the PF {pf_plan['pci_address']} ({pf_plan['name']}) has no netdev here")
-    pf = netdevs[0]
+    pf = _pf_netdev(runner, pf_plan, sys_root)
     current = _read_int(os.path.join(device, "sriov_numvfs"))
     if current is None:
         raise ApplyError(f"{pf}: sriov_numvfs cannot be read")
-    if not _is_up(runner, pf, unreadable=False):
-        runner.change(["ip", "link", "set", "dev", pf, "up"], f"{pf}: VFs pass traffic only while their PF is up")
     wanted = pf_plan["num_vfs"]
     created = current != wanted
     refusal = count_change_problem(None, pf_plan, netdev_facts, sys_root) if created else None
     if refusal:
         raise ApplyError(refusal)
+    # Off, with the count already right: a run stopped half-way. Nothing probes the VFs until it is on.
+    repair = not created and wanted and _read(os.path.join(device, "sriov_drivers_autoprobe")) == "0"
     to_probe = []
     try:
         if created:
@@ -540,26 +625,42 @@ def apply_pf(runner, pf_plan, netdev_facts, sys_root=SYS):
             if runner.check_mode:
                 return  # the VFs do not exist yet: everything else would be done to new ones
         info = vf_info(runner, pf)
+        made = existing_vfs(pf_plan["pci_address"], sys_root)
         for vf in pf_plan["vfs"]:
-            if vf["index"] not in info:
-                raise ApplyError(f"{pf}: VF {vf['index']} is missing from ip -d link after setting {wanted} VFs")
+            if vf["index"] not in info or made.get(vf["index"]) != vf["pci_address"]:
+                raise ApplyError(
+                    f"{pf}: VF {vf['index']} should sit at {vf['pci_address']}, the kernel has "
+                    f"{made.get(vf['index'])} (ip -d link {'lists' if vf['index'] in info else 'lacks'} it)"
+                )
             if _apply_vf(runner, pf, vf, info[vf["index"]], netdev_facts, sys_root=sys_root):
                 to_probe.append(vf)
     finally:
         # The kernel probes a VF of a PF without autoprobe only through driver_override.
-        if created and wanted:
+        if (created and wanted) or repair:
             runner.write(os.path.join(device, "sriov_drivers_autoprobe"), 1, f"{pf}: VFs probe by themselves again")
     _probe_and_name(runner, pf_plan["vfs"], to_probe, sys_root)
 
 
 def _probe_and_name(runner, vfs, to_probe, sys_root):
-    """Probe the VFs readied for their driver, then name each netdev VF as the plan says."""
+    """Probe the VFs readied for their driver, check that each took it, name each netdev VF."""
     for vf in to_probe:
         runner.write(os.path.join(sys_root, "bus/pci/drivers_probe"), vf["pci_address"], f"probe {vf['pci_address']}")
+    if runner.check_mode:
+        return
+    for vf in to_probe:
+        state = _wait_for_netdev(vf, sys_root, vf["driver"] == "netdev")
+        if vf["driver"] == "vfio-pci" and state["driver"] != "vfio-pci":
+            raise ApplyError(
+                f"VF {vf['index']} ({vf['pci_address']}) did not bind to vfio-pci (driver: {state['driver']}); "
+                "is the IOMMU on (sriov_iommu)?"
+            )
+        if vf["driver"] == "netdev" and (state["driver"] in (None, "vfio-pci") or not state["netdev"]):
+            raise ApplyError(
+                f"VF {vf['index']} ({vf['pci_address']}) has no netdev after its probe (driver: {state['driver']})"
+            )
     for vf in vfs:
         if vf["driver"] == "netdev":
-            probed = vf in to_probe and not runner.check_mode
-            _rename(runner, vf, _wait_for_netdev(vf, sys_root, probed))
+            _rename(runner, vf, vf_state(vf["pci_address"], sys_root))
 
 
 def apply_plan(the_plan, runner, netdev_facts=None, sys_root=None):

@@ -119,6 +119,38 @@ class Node:
     def flags(self, netdev):
         return ["BROADCAST", "MULTICAST", "UP", "LOWER_UP"] if netdev in self.up else ["BROADCAST", "MULTICAST"]
 
+    def kernel(self, path, value):
+        """What the kernel does after a sysfs write of the applier: a probe binds a VF (through its
+        driver_override, or its default driver where its PF has autoprobe on) and udev names its
+        netdev as the role's rule does; an unbind takes driver and netdev away."""
+        relative = os.path.relpath(path, self.sys)
+        if relative == "bus/pci/drivers_probe":
+            address = str(value)
+            device = self.device(address)
+            if (device / "driver").is_symlink():
+                return
+            override = (device / "driver_override").read_text().strip() if (device / "driver_override").exists() else ""
+            pf, index = next(
+                (pf, int(entry.name[6:]))
+                for pf in self.vfinfo
+                for entry in self.device(self.pf_address(pf)).iterdir()
+                if entry.name.startswith("virtfn") and os.path.basename(os.readlink(entry)) == address
+            )
+            autoprobe = self.read(f"{self.pf_address(pf)}/sriov_drivers_autoprobe").strip() == "1"
+            if override not in ("", "(null)"):
+                self.bind(address, override)
+            elif autoprobe:
+                self.bind(address, "mlx5_core")
+                (device / "net" / f"{pf}v{index}").mkdir(parents=True, exist_ok=True)
+        elif relative.startswith("bus/pci/devices/") and relative.endswith("/driver/unbind"):
+            device = self.device(str(value))
+            (device / "driver").unlink()
+            shutil.rmtree(device / "net", ignore_errors=True)
+
+    def bind(self, address, driver):
+        (self.sys / "bus" / "pci" / "drivers" / driver).mkdir(exist_ok=True)
+        link(self.device(address) / "driver", f"../../drivers/{driver}")
+
     def settings_made(self):
         return [" ".join(argv) for argv in self.calls if argv[:2] != ["ip", "-j"]]
 
@@ -131,8 +163,16 @@ class Node:
 
 
 @pytest.fixture
-def node(tmp_path):
+def node(tmp_path, monkeypatch):
     node = Node(tmp_path)
+    write_for_real = sriov.Runner.write
+
+    def write_then_kernel(runner, path, value, why):
+        write_for_real(runner, path, value, why)
+        if not runner.check_mode:
+            node.kernel(path, value)
+
+    monkeypatch.setattr(sriov.Runner, "write", write_then_kernel)
     node.pf("ens1f0", PF1, mac="52:54:00:00:01:00")
     node.pf("ens2f0", PF2, mac="52:54:00:00:02:00", offset=2, stride=1)
     return node
@@ -392,6 +432,7 @@ def test_a_count_change_tearing_down_vfs_in_use_needs_the_opt_in(node, current, 
 class Applied:
     changes: list  # each as Node.shown writes it
     error: str | None
+    pending: tuple = ()  # what VFs in use keep until they are free
 
 
 def apply(node, pfs, facts=None, check_mode=False):
@@ -402,8 +443,8 @@ def apply(node, pfs, facts=None, check_mode=False):
     try:
         sriov.apply_plan(the_plan, runner, facts or {}, str(node.sys))
     except sriov.ApplyError as error:
-        return Applied([node.shown(change) for change in runner.changes], str(error))
-    return Applied([node.shown(change) for change in runner.changes], None)
+        return Applied([node.shown(change) for change in runner.changes], str(error), tuple(runner.pending))
+    return Applied([node.shown(change) for change in runner.changes], None, tuple(runner.pending))
 
 
 # The kernel probes a VF of a PF without autoprobe only through driver_override: the netdev VFs
@@ -425,7 +466,10 @@ def test_new_vfs_get_their_settings_before_their_driver_probes_them(node, waits)
     assert apply(node, [{"name": "ens1f0"} | SPEC]) == Applied(NEW_VFS, None)
     assert node.settings_made() == [change for change in NEW_VFS if not change.startswith("echo")]
     assert (node.read(f"{PF1}/sriov_numvfs"), node.read(f"{PF1}/sriov_drivers_autoprobe")) == ("2\n", "1\n")
-    assert waits  # for the netdev of each probed VF, which never comes here
+    assert [sriov.vf_state(address, str(node.sys))["netdev"] for address in ("0000:01:10.0", "0000:01:10.2")] == [
+        "ens1f0v0",
+        "ens1f0v1",
+    ]
 
 
 @pytest.mark.parametrize("count", [2, 4])
@@ -524,14 +568,17 @@ def test_a_bound_vf_whose_netdev_is_elsewhere_is_not_waited_for(node, waits):
             {"ens1f0v0": {"addresses": ["10.0.0.5/24"], "master": None}},
             Applied(
                 [],
-                f"ens1f0: VF 0 takes MAC {MAC0} only when its driver reloads, and it is in use "
-                "(ens1f0v0 carries 10.0.0.5/24)",
+                None,
+                (
+                    "ens1f0: VF 0 is in use (ens1f0v0 carries 10.0.0.5/24) and keeps its settings; "
+                    f"it would take mac {MAC0}",
+                ),
             ),
         ),
     ],
     ids=["idle", "in-use"],
 )
-def test_a_bound_vf_takes_a_new_mac_by_reloading_its_driver_unless_in_use(node, facts, applied):
+def test_a_bound_vf_takes_a_new_mac_by_reloading_its_driver_unless_in_use_then_it_waits(node, facts, applied):
     node.made("ens1f0", 2)
     assert apply(node, [{"name": "ens1f0", "num_vfs": 2, "vfs": [{"index": 0, "mac": MAC0}]}], facts) == applied
     assert node.settings_made() == [change for change in applied.changes if not change.startswith("echo")]
@@ -557,7 +604,11 @@ def test_a_vf_in_use_keeps_its_driver(node):
     facts = {"ens1f0v1": {"addresses": ["10.0.0.2/24"], "master": None}}
     pfs = [{"name": "ens1f0", "num_vfs": 2, "vfs": [{"index": 1, "driver": "vfio-pci"}]}]
     assert apply(node, pfs, facts) == Applied(
-        [], "VF 1 (0000:01:10.2) should move to vfio-pci, and it is in use (ens1f0v1 carries 10.0.0.2/24)"
+        [],
+        None,
+        (
+            "ens1f0: VF 1 is in use (ens1f0v1 carries 10.0.0.2/24) and keeps its settings; it would take driver vfio-pci",
+        ),
     )
 
 
