@@ -403,6 +403,43 @@ def _covered(first, last, networks):
     return False
 
 
+def _pod_range_problem(pool, subnet, pod_range, exclude, gateway):
+    """Why whereabouts would not hand out exactly the pod range of this pool, or None."""
+    if pod_range.version != subnet.version or not pod_range.subnet_of(subnet):
+        return f"pool {pool}: pod range {pod_range} is not inside the subnet {subnet}"
+    first, last = pod_range.network_address, pod_range.broadcast_address
+    # whereabouts (iphelpers.GetIPRange) hands out the subnet's addresses but its first and last,
+    # and silently ignores a range_start or range_end outside them: a pod range of only those
+    # would give pods the whole subnet, the hosts' addresses with it. A /31 or /32 (/127, /128)
+    # has no address it hands out at all.
+    if subnet.num_addresses <= 2:
+        return f"pool {pool}: whereabouts hands out no address in a /{subnet.prefixlen} ({subnet})"
+    usable_first, usable_last = max(first, subnet.network_address + 1), min(last, subnet.broadcast_address - 1)
+    if usable_first > usable_last:
+        return (
+            f"pool {pool}: the pod range {pod_range} holds only the first or last address of {subnet}, which "
+            "whereabouts never hands out; it would ignore range_start and range_end and hand pods the whole subnet"
+        )
+    if _covered(usable_first, usable_last, [net for net in exclude if net.version == subnet.version]):
+        return (
+            f"pool {pool}: every address whereabouts could hand out in the pod range {pod_range} is excluded "
+            f"({', '.join(str(net) for net in exclude)}): no pod would get one"
+        )
+    if gateway is not None and first <= gateway <= last and not any(gateway in net for net in exclude):
+        return f"pool {pool}: the gateway {gateway} is inside the pod range {pod_range}"
+    return _ipv6_problem(pool, subnet, pod_range)
+
+
+def _ipv6_problem(pool, subnet, pod_range):
+    """whereabouts' README: in an IPv6 range of /64 or wider, only the first /65 is addressable."""
+    if subnet.version != 6 or subnet.prefixlen > 64:
+        return None
+    addressable = next(subnet.subnets(new_prefix=65))
+    if pod_range.subnet_of(addressable):
+        return None
+    return f"pool {pool}: whereabouts addresses only {addressable} of {subnet}; the pod range {pod_range} is not in it"
+
+
 def _whereabouts(pod, pool, where, problems):
     """The whereabouts IPAM block of a pool's pod range (roce_ipam_pod_networks' answer for it)."""
     try:
@@ -415,45 +452,11 @@ def _whereabouts(pod, pool, where, problems):
             where, f"roce_ipam_pod_networks gave pool {pool} an answer that is not {{range, subnet, ...}}: {error}"
         )
         return None, None
-    if pod_range.version != subnet.version or not pod_range.subnet_of(subnet):
-        problems.add(where, f"pool {pool}: pod range {pod_range} is not inside the subnet {subnet}")
+    problem = _pod_range_problem(pool, subnet, pod_range, exclude, gateway)
+    if problem:
+        problems.add(where, problem)
         return None, None
     first, last = pod_range.network_address, pod_range.broadcast_address
-    # whereabouts (iphelpers.GetIPRange) hands out the subnet's addresses but its first and last,
-    # and silently ignores a range_start or range_end outside them: a pod range of only those
-    # would give pods the whole subnet, the hosts' addresses with it. A /31 or /32 (/127, /128)
-    # has no address it hands out at all.
-    if subnet.num_addresses <= 2:
-        problems.add(where, f"pool {pool}: whereabouts hands out no address in a /{subnet.prefixlen} ({subnet})")
-        return None, None
-    usable_first, usable_last = max(first, subnet.network_address + 1), min(last, subnet.broadcast_address - 1)
-    if usable_first > usable_last:
-        problems.add(
-            where,
-            f"pool {pool}: the pod range {pod_range} holds only the first or last address of {subnet}, which "
-            "whereabouts never hands out; it would ignore range_start and range_end and hand pods the whole subnet",
-        )
-        return None, None
-    if _covered(usable_first, usable_last, [net for net in exclude if net.version == subnet.version]):
-        problems.add(
-            where,
-            f"pool {pool}: every address whereabouts could hand out in the pod range {pod_range} is excluded "
-            f"({', '.join(str(net) for net in exclude)}): no pod would get one",
-        )
-        return None, None
-    if gateway is not None and first <= gateway <= last and not any(gateway in net for net in exclude):
-        problems.add(where, f"pool {pool}: the gateway {gateway} is inside the pod range {pod_range}")
-        return None, None
-    if subnet.version == 6 and subnet.prefixlen <= 64:
-        # whereabouts' README: in an IPv6 range of /64 or wider, only the first /65 is addressable.
-        addressable = next(subnet.subnets(new_prefix=65))
-        if not pod_range.subnet_of(addressable):
-            problems.add(
-                where,
-                f"pool {pool}: whereabouts addresses only {addressable} of {subnet}; "
-                f"the pod range {pod_range} is not in it",
-            )
-            return None, None
     # The range is the pool's subnet, so that pods get the subnet's netmask (whereabouts gives an
     # address the mask of its range) and reach the hosts and the gateway on-link; range_start and
     # range_end keep them inside the pod range.

@@ -607,7 +607,8 @@ def test_a_vf_in_use_keeps_its_driver(node):
         [],
         None,
         (
-            "ens1f0: VF 1 is in use (ens1f0v1 carries 10.0.0.2/24) and keeps its settings; it would take driver vfio-pci",
+            "ens1f0: VF 1 is in use (ens1f0v1 carries 10.0.0.2/24) and keeps its settings; "
+            "it would take driver vfio-pci",
         ),
     )
 
