@@ -28,6 +28,8 @@ TASKS = yaml.safe_load((ROOT / "roles" / "sriov" / "tasks" / "main.yml").read_te
 
 @pytest.fixture
 def node(tmp_path):
+    """test_sriov.py's node without its kernel: a probe binds nothing here, as for a VF whose driver
+    never comes (autoprobe left off, vfio-pci without an IOMMU)."""
     node = Node(tmp_path)
     node.pf("ens1f0", PF1, mac="52:54:00:00:01:00")
     node.pf("ens2f0", "0000:02:00.0", mac="52:54:00:00:02:00", offset=2, stride=1)
