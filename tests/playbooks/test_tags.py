@@ -22,7 +22,7 @@ IPAM_OWNERS = {"roce_ipam", "play: " + yaml.safe_load((ROOT / "playbooks" / "ipa
 # Ansible prepends a check of a role's arguments to the role and tags it `always`: it runs
 # whatever the tags, reading variables only, never a node.
 VALIDATION = re.compile(r"Validating arguments against arg spec ")
-CAPABILITIES = ["preflight", "nvme", "bond", "rdma", "roce", "ipam"]
+CAPABILITIES = ["preflight", "nvme", "bond", "rdma", "roce", "ipam", "sriov"]
 TASK = re.compile(r"^ {6}(?P<name>.*?)\tTAGS: \[(?P<tags>[^\]]*)\]$")
 PLAY = re.compile(r"^  play #\d+ \([^)]*\): (?P<name>.*?)\tTAGS: ")
 
