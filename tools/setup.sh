@@ -2,7 +2,7 @@
 # Install everything the project needs on a Debian 12 controller, idempotently:
 #   - Debian packages: QEMU >= 8.0 (igb SR-IOV; from bookworm-backports on Debian 12),
 #     debootstrap, e2fsprogs, openssh-client, python3-venv, postgresql-15 (the IPAM store's tests),
-#     netplan.io (the network layer's tests);
+#     netplan.io (the network layer's tests), fpart and rsync (the data sync's tests);
 #   - a virtual environment in .venv with the pinned Python toolchain (requirements-dev.txt);
 #   - the collections of requirements.yml.
 # Runs as root or through sudo for apt. Cheap when nothing changed (a stamp per input).
@@ -23,7 +23,8 @@ qemu_ok() {
 missing=()
 # postgresql-15: the server the IPAM's PostgreSQL tests start themselves (tests/playbooks/test_ipam_postgresql.py).
 # netplan.io: the unit tests render the network layer's netplan files with `netplan generate --root-dir`.
-for pkg in debootstrap e2fsprogs openssh-client qemu-utils python3-venv ca-certificates postgresql-15 netplan.io; do
+# fpart, rsync: the data sync's tests run the real fpsync (tests/playbooks/test_data_sync_playbook.py).
+for pkg in debootstrap e2fsprogs openssh-client qemu-utils python3-venv ca-certificates postgresql-15 netplan.io fpart rsync; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ] || ! qemu_ok; then
