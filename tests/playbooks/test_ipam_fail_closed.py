@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_cli import ROOT, ansible_run
+from ansible_cli import ROOT, ansible_run, copy_first_run, kept_first_run
 
 V100_NEW = "v100-003.dc1.example.com"
 OLD_HEADER = (
@@ -42,14 +42,25 @@ def ipam(inventory, *args, playbook=ROOT / "playbooks" / "ipam.yml", **kwargs):
     return run.returncode, run.stdout + run.stderr
 
 
-@pytest.fixture
-def allocated(tmp_path):
-    """(inventory, ledger) after a first run: every rail of the example inventory allocated."""
-    ledger = tmp_path / "ledger" / "roce-ledger.yml"
-    inventory = copy_inventory(ROOT / "inventories" / "example", tmp_path / "example", ledger)
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """A first run on the example inventory, made once (ansible_cli.copy_first_run puts it in each test)."""
+    tmp = tmp_path_factory.mktemp("first-run")
+    ledger = tmp / "ledger" / "roce-ledger.yml"
+    inventory = copy_inventory(ROOT / "inventories" / "example", tmp / "example", ledger)
     rc, output = ipam(inventory, "-e", "roce_ipam_ledger_init=true")
     assert rc == 0, output
     assert ledger.read_text().endswith("# end of ledger: 50 allocations, 0 released\n")
+    assert [path.name for path in ledger.parent.iterdir()] == ["roce-ledger.yml"]
+    return kept_first_run(ledger)
+
+
+@pytest.fixture
+def allocated(first_run, tmp_path):
+    """(inventory, ledger) after a first run: every rail of the example inventory allocated."""
+    ledger = tmp_path / "ledger" / "roce-ledger.yml"
+    inventory = copy_inventory(ROOT / "inventories" / "example", tmp_path / "example", ledger)
+    copy_first_run(first_run, ledger)
     return inventory, ledger
 
 

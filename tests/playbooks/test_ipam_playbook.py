@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ansible_cli import copy_first_run, kept_first_run
 
 ROOT = Path(__file__).resolve().parents[2]
 A800 = [f"a800-00{i}.dc1.example.com" for i in range(1, 5)]
@@ -25,16 +26,37 @@ EVERY_HOST = [
 ]
 
 
-@pytest.fixture
-def inventory(tmp_path):
+def example_copy(directory):
     """A copy of the example inventory whose ledger is the copy's own ipam/roce-ledger.yml, not there yet."""
-    copy = tmp_path / "example"
+    copy = directory / "example"
     shutil.copytree(ROOT / "inventories" / "example", copy)
     shutil.rmtree(copy / "ipam", ignore_errors=True)
     hosts = yaml.safe_load((copy / "hosts.yml").read_text())
     hosts["all"]["vars"]["roce_ipam_ledger_path"] = str(copy / "ipam" / "roce-ledger.yml")
     (copy / "hosts.yml").write_text(yaml.safe_dump(hosts))
     return copy
+
+
+@pytest.fixture
+def inventory(tmp_path):
+    """A copy of the example inventory whose ledger is the copy's own ipam/roce-ledger.yml, not there yet."""
+    return example_copy(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """A first run on the example inventory, made once (ansible_cli.copy_first_run puts it in each test)."""
+    copy = example_copy(tmp_path_factory.mktemp("first-run"))
+    rc, _, output = playbook(copy)
+    assert rc == 0, output
+    return kept_first_run(copy / "ipam" / "roce-ledger.yml")
+
+
+@pytest.fixture
+def allocated(inventory, first_run):
+    """The inventory after a first run of the IPAM play: every rail allocated."""
+    copy_first_run(first_run, inventory / "ipam" / "roce-ledger.yml")
+    return inventory
 
 
 # The first run of an inventory starts its ledger only when told to (a missing ledger stops a run).
@@ -154,8 +176,8 @@ def test_each_host_reads_exactly_its_addresses(inventory):
     assert other == expected["v100-002.dc1.example.com"]
 
 
-def test_a_limited_run_reads_the_same_addresses(inventory):
-    assert playbook(inventory)[0] == 0
+def test_a_limited_run_reads_the_same_addresses(allocated):
+    inventory = allocated
     read, other = read_addresses(inventory, "--limit", A800[1])
     expected = expected_addresses(inventory)
     assert read == {A800[1]: expected[A800[1]]}
@@ -196,8 +218,8 @@ def test_limit_changes_nothing(inventory, tmp_path):
     assert addresses(inventory) == limited
 
 
-def test_check_mode_previews_a_new_host_and_writes_nothing(inventory):
-    assert playbook(inventory)[0] == 0
+def test_check_mode_previews_a_new_host_and_writes_nothing(allocated):
+    inventory = allocated
     before = (inventory / "ipam" / "roce-ledger.yml").read_text()
     hosts = yaml.safe_load((inventory / "hosts.yml").read_text())
     hosts["all"]["children"]["pool_hpc"]["children"]["hpc_v100"]["hosts"]["v100-003.dc1.example.com"] = None
@@ -214,8 +236,8 @@ def remove_host(inventory, host):
     (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
 
 
-def test_removed_host_keeps_its_addresses_until_released(inventory):
-    assert playbook(inventory)[0] == 0
+def test_removed_host_keeps_its_addresses_until_released(allocated):
+    inventory = allocated
     before = addresses(inventory)
     remove_host(inventory, A800[0])
     rc, report, output = playbook(inventory)
@@ -228,8 +250,8 @@ def test_removed_host_keeps_its_addresses_until_released(inventory):
     assert addresses(inventory) == {key: ip for key, ip in before.items() if key[0] != A800[0]}
 
 
-def test_rail_with_an_unknown_pool_fails_and_writes_nothing(inventory):
-    assert playbook(inventory)[0] == 0
+def test_rail_with_an_unknown_pool_fails_and_writes_nothing(allocated):
+    inventory = allocated
     before = (inventory / "ipam" / "roce-ledger.yml").read_text()
     (inventory / "group_vars" / "hpc_v100" / "rails.yml").write_text(
         "roce_rails:\n  - {device: mlx5_0, netdev: ens5f0np0, pool: v100-rail9}\n"
