@@ -46,10 +46,12 @@ lint: setup
 	@for inventory in inventories/*/; do \
 	  ansible-inventory -i $$inventory --graph >/dev/null || exit 1; done
 
-# One worker per core (pytest-xdist): CI's two cores halve the unit phase. The IPAM runs of the
-# tests keep their ledger cache in the checkout, not in the user's ~/.cache.
+# One worker per core (pytest-xdist): CI's two cores halve the unit phase. --dist loadfile: each
+# test file runs on one worker, so what its tests share (a PostgreSQL server, a playbook run whose
+# hosts are the cases of several tests) starts once, not on both workers as --dist load split them.
+# The IPAM runs of the tests keep their ledger cache in the checkout, not in the user's ~/.cache.
 unit: setup
-	XDG_CACHE_HOME=$(CURDIR)/.cache/unit-xdg pytest -n auto
+	XDG_CACHE_HOME=$(CURDIR)/.cache/unit-xdg pytest -n auto --dist loadfile
 
 ## molecule: the lab suite, one boot (molecule/default/README.md)
 molecule: setup
