@@ -29,6 +29,7 @@ packages=(
   nfs-common nfs-kernel-server
   containernetworking-plugins
   fio iperf3 procps less
+  fpart rsync redis-server fuse3
 )
 
 [ "$(id -u)" -eq 0 ] || { echo "build-image.sh: must run as root (debootstrap, chroot)" >&2; exit 1; }
@@ -92,8 +93,9 @@ in_chroot '
   systemctl enable serial-getty@ttyS0.service NetworkManager.service ssh.service
   # Timers that would start apt or fstrim in the middle of a test run.
   systemctl mask apt-daily.timer apt-daily-upgrade.timer fstrim.timer e2scrub_all.timer
-  # A node with nothing exported must not fail its boot on nfs-server.
-  systemctl disable nfs-server.service || true
+  # A node with nothing exported must not fail its boot on nfs-server; Redis serves JuiceFS on the
+  # lab NAS only (lab/nas.yml enables both on node2).
+  systemctl disable nfs-server.service redis-server.service || true
   apt-get clean
   rm -rf /var/lib/apt/lists/*
 '
