@@ -49,6 +49,18 @@ options:
         C(mount_timeout), C(idle_timeout).
     type: dict
     default: {}
+  cpfs:
+    description:
+      - Alibaba CPFS mounts (the role's C(shared_mounts_cpfs)), each C(path), C(client) (C(nfs) or C(posix)),
+        C(state). C(nfs) - the NFS endpoint of an export directory, C(server) and C(export), optional
+        C(options), C(automount), C(mount_timeout) - is mounted as an NFS mount with what Alibaba documents for
+        that endpoint (NFSv3, rsize and wsize 1 MiB, hard, timeo 600, retrans 2, noresvport), checked and
+        applied with the O(nfs) mounts. C(posix) - C(server) (one or a list) and C(fs_id) - is checked and
+        returned in RV(cpfs_posix) for the role, which installs the CPFS client; this module does not mount it.
+      - Problems name C(shared_mounts_cpfs[i] (path)).
+    type: list
+    elements: dict
+    default: []
   variable:
     description: The variable the mounts come from, as problems name it (C(<variable>[i] (path)), C(<variable>_<field>))
     type: str
@@ -89,6 +101,17 @@ mounts:
   returned: always
   type: list
   elements: dict
+cpfs_posix:
+  description: >-
+    The CPFS POSIX-client mounts, checked ({where, path, state, servers, fs_id}), and RV(cpfs_config), the
+    client's C(/etc/cpfs/cpfs-mounts.conf) that lists the present ones.
+  returned: always
+  type: list
+  elements: dict
+cpfs_config:
+  description: The text of C(/etc/cpfs/cpfs-mounts.conf) for the POSIX mounts.
+  returned: always
+  type: str
 pending:
   description: Remounts and unmounts left for later, each with path, why (the holders named) and holders.
   returned: always
@@ -111,12 +134,14 @@ ansible_facts:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.hpc_datapath.cpfs import NFS_DEFAULTS, check_cpfs, nfs_items, posix_config, renumber
 from ansible.module_utils.hpc_datapath.mounts import (
     Applier,
     ApplyError,
     Node,
     Paths,
     StateError,
+    _check_shared_clients,
     actions,
     changes,
     check_mounts,
@@ -143,17 +168,48 @@ def diffs(planned):
     return files + ([{"prepared": "\n".join(lines) + "\n"}] if lines else [])
 
 
+def cross_problems(nfs, cpfs_nfs, cpfs_posix):
+    """Paths that two variables both mount, and servers whose NFS and CPFS mounts disagree on what the
+    kernel shares between them (each list alone was checked already)."""
+    problems, seen = [], {}
+    for group in (nfs, cpfs_nfs, cpfs_posix):
+        problems += [
+            f"{m['where']}: path {m['path']} is also {seen[m['path']].split(' ')[0]}'s; one mount per path"
+            for m in group
+            if m["path"] in seen
+        ]
+        for mount in group:
+            seen.setdefault(mount["path"], mount["where"])
+    alone = set(_check_shared_clients([m for m in nfs if m["state"] == "present"]))
+    alone |= set(_check_shared_clients([m for m in cpfs_nfs if m["state"] == "present"]))
+    together = _check_shared_clients([m for m in [*nfs, *cpfs_nfs] if m["state"] == "present"])
+    return problems + [p for p in together if p not in alone]
+
+
 def run(module, paths, result, resolver=resolve):
     """The whole run; fills result (what was done so far, also when it raises StateError or ApplyError)."""
     params = module.params
+    rdma, fstab = rdma_devices(paths.infiniband), fstab_mount_points(paths.fstab)
     mounts, problems = check_mounts(
-        params["nfs"],
-        params["defaults"],
-        variable=params["variable"],
-        resolver=resolver,
-        rdma=rdma_devices(paths.infiniband),
-        fstab_paths=fstab_mount_points(paths.fstab),
+        params["nfs"], params["defaults"], variable=params["variable"], resolver=resolver, rdma=rdma, fstab_paths=fstab
     )
+    cpfs_nfs, cpfs_posix, cpfs_problems = check_cpfs(params["cpfs"])
+    result.update(cpfs_posix=cpfs_posix, cpfs_config=posix_config(cpfs_posix))
+    if cpfs_nfs:
+        more, found = check_mounts(
+            nfs_items(cpfs_nfs),
+            NFS_DEFAULTS,
+            variable="shared_mounts_cpfs",
+            resolver=resolver,
+            rdma=rdma,
+            fstab_paths=fstab,
+        )
+        cpfs_problems += renumber(found, cpfs_nfs)
+        for mount in more:  # numbered from 0 by check_mounts: put back at their place in shared_mounts_cpfs
+            mount["where"] = renumber([mount["where"]], cpfs_nfs)[0]
+        problems += cross_problems(mounts, more, cpfs_posix)
+        mounts = mounts + more
+    problems += cpfs_problems
     if problems:
         result["problems"] = problems
         return
@@ -188,6 +244,7 @@ def main():
         argument_spec={
             "nfs": {"type": "list", "elements": "dict", "default": []},
             "defaults": {"type": "dict", "default": {}},
+            "cpfs": {"type": "list", "elements": "dict", "default": []},
             "variable": {"type": "str", "default": "shared_mounts_nfs"},
         },
         supports_check_mode=True,
@@ -200,6 +257,8 @@ def main():
         "pending": [],
         "trunks": [],
         "actions": [],
+        "cpfs_posix": [],
+        "cpfs_config": "",
     }
     try:
         run(module, Paths(), result)

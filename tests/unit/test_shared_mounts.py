@@ -1033,10 +1033,15 @@ def test_unreadable_mountinfo_stops_the_run(tmp_path):
 # --- the module ---------------------------------------------------------------------------------
 
 
-def module_run(node, monkeypatch, items, *, check_mode=False, defaults=None, mount_nfs=True):
+def module_run(node, monkeypatch, items, *, check_mode=False, defaults=None, mount_nfs=True, cpfs=()):
     monkeypatch.setattr(shared_mount, "resolve", resolver)
     module = types.SimpleNamespace(
-        params={"nfs": items, "defaults": dict(DEFAULTS, **(defaults or {})), "variable": "shared_mounts_nfs"},
+        params={
+            "nfs": items,
+            "defaults": dict(DEFAULTS, **(defaults or {})),
+            "variable": "shared_mounts_nfs",
+            "cpfs": list(cpfs),
+        },
         check_mode=check_mode,
         _diff=True,
         run_command=node,
@@ -1116,3 +1121,47 @@ def test_main_fails_closed_on_a_mountinfo_it_cannot_read(node, monkeypatch, caps
     result = json.loads(capsys.readouterr().out)
     assert exited.value.code == 1
     assert result["msg"] == "mountinfo line 1 is not in the kernel's format: 'garbage'"
+
+
+# --- CPFS through the module: the NFS endpoint as an NFSv3 mount, the POSIX client's config -------------
+
+CPFS_NFS = {"path": "/shared/cpfs-nfs", "client": "nfs", "server": "10.0.0.2", "export": "/scratch/nas/cpfs"}
+
+
+def test_a_cpfs_nfs_mount_is_an_nfsv3_mount_with_alibabas_options(node, monkeypatch):
+    result = module_run(node, monkeypatch, [], cpfs=[CPFS_NFS])
+    assert result["problems"] == []
+    unit = (Path(node.paths.unit_dir) / "shared-cpfs\\x2dnfs.mount").read_text()
+    assert "What=10.0.0.2:/scratch/nas/cpfs" in unit
+    assert (
+        "Options=vers=3,proto=tcp,nconnect=1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport," in unit
+    )
+    shown = node.at("/shared/cpfs-nfs")[0]
+    assert shown["super_options"]["vers"] == "3"
+    again = module_run(node, monkeypatch, [], cpfs=[CPFS_NFS])
+    assert again["changed"] is False
+
+
+def test_cpfs_problems_name_their_place_in_shared_mounts_cpfs(node, monkeypatch):
+    posix = {"path": "/shared/cpfs", "client": "posix", "server": "cpfs-1.example", "fs_id": "hpctest"}
+    result = module_run(
+        node,
+        monkeypatch,
+        [DATA],
+        cpfs=[posix, dict(CPFS_NFS, server="nowhere"), dict(CPFS_NFS, path="/shared/data", server="10.0.0.2")],
+    )
+    assert result["problems"] == [
+        "shared_mounts_cpfs[2] (/shared/data): path /shared/data is also shared_mounts_nfs[0]'s; one mount per path",
+        "shared_mounts_cpfs[1] (/shared/cpfs-nfs): server nowhere does not resolve on this node (Name or service not "
+        "known)",
+    ]
+    assert node.calls == []
+
+
+def test_the_posix_mounts_come_back_with_the_clients_config(node, monkeypatch):
+    posix = {"path": "/shared/cpfs", "client": "posix", "server": ["10.0.0.5", "10.0.0.6"], "fs_id": "hpctest"}
+    result = module_run(node, monkeypatch, [], cpfs=[posix])
+    assert result["problems"] == []
+    assert result["cpfs_posix"][0]["servers"] == ["10.0.0.5", "10.0.0.6"]
+    assert result["cpfs_config"].splitlines()[1] == "10.0.0.5@tcp:10.0.0.6@tcp:/hpctest\t/shared/cpfs"
+    assert node.calls == []  # the module mounts none of them: the CPFS client does

@@ -1,11 +1,14 @@
 #!/usr/bin/python3
-"""Build a flat apt repository of DOCA-OFED packages with the real names and an empty payload.
+"""Build a flat apt repository of vendor packages with the real names and an empty payload.
 
-TEST FIXTURE: stands for the cluster's mirror of NVIDIA's DOCA repository, which the lab cannot
-reach. Two releases, so that the pin (not "the newest") decides what installs. The only file any
-package carries is mlnx-ofed-kernel-utils' ofed_info, a LAB STUB that prints the release the way
-`ofed_info -s` does, so the role's detection reads the installed release after the install.
-Runs on a lab node: python3 and dpkg-deb. Usage: make-test-repo.py DIR
+TEST FIXTURE: stands for the cluster's mirror of a vendor repository, which the lab cannot reach.
+Two releases each, so that the pin (not "the newest") decides what installs.
+- doca (default): NVIDIA's DOCA-OFED. The only file any package carries is mlnx-ofed-kernel-utils'
+  ofed_info, a LAB STUB that prints the release the way `ofed_info -s` does, so the role's
+  detection reads the installed release after the install.
+- cpfs: Alibaba's CPFS POSIX client, `cpfs-client` (the name of Alibaba's CPFS user guide; see the
+  shared_mounts README), empty: no kernel module, no mount helper, no service.
+Runs on a lab node: python3 and dpkg-deb. Usage: make-test-repo.py DIR [doca|cpfs]
 """
 
 import email.utils
@@ -50,8 +53,10 @@ def package(out, name, version, depends=(), files=None):
     )
 
 
-def main(out):
-    os.makedirs(out, exist_ok=True)
+CPFS_RELEASES = ("1.2.1", "1.2.2")
+
+
+def doca(out):
     stanzas = [package(out, "mlnx-tools", "24.10.0-1")]
     for version, ofed in RELEASES.items():
         utils = f"{version.split('-')[0]}.OFED.{ofed.replace('-', '.')}.1-1"
@@ -60,6 +65,20 @@ def main(out):
         stanzas.append(
             package(out, "doca-ofed", version, depends=[f"mlnx-ofed-kernel-utils (= {utils})", "mlnx-tools"])
         )
+    return stanzas
+
+
+def cpfs(out):
+    return [package(out, "cpfs-client", version) for version in CPFS_RELEASES]
+
+
+PROFILES = {"doca": (doca, "DOCA-OFED"), "cpfs": (cpfs, "CPFS client")}
+
+
+def main(out, profile="doca"):
+    os.makedirs(out, exist_ok=True)
+    build, label = PROFILES[profile]
+    stanzas = build(out)
     index = "\n".join(stanzas).encode()
     with open(f"{out}/Packages", "wb") as handle:
         handle.write(index)
@@ -67,10 +86,10 @@ def main(out):
     date = email.utils.formatdate(usegmt=True)
     with open(f"{out}/Release", "w") as handle:
         handle.write(
-            f"Origin: hpc-datapath lab\nLabel: DOCA-OFED test fixture\nDate: {date}\n"
+            f"Origin: hpc-datapath lab\nLabel: {label} test fixture\nDate: {date}\n"
             f"SHA256:\n {hashlib.sha256(index).hexdigest()} {len(index)} Packages\n"
         )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])
