@@ -23,7 +23,10 @@ _package = types.ModuleType("ansible.module_utils.hpc_datapath")
 _package.__path__ = [str(ROOT / "module_utils" / "hpc_datapath")]
 sys.modules[_package.__name__] = _package
 ansible.module_utils.hpc_datapath = _package
+# A file that another imported first is loaded once: a second copy would have classes of its own
+# (an exception raised by one copy is not the other's).
 for _file in sorted((ROOT / "module_utils" / "hpc_datapath").glob("[!_]*.py")):
-    _load(f"ansible.module_utils.hpc_datapath.{_file.stem}", _file)
+    if f"ansible.module_utils.hpc_datapath.{_file.stem}" not in sys.modules:
+        _load(f"ansible.module_utils.hpc_datapath.{_file.stem}", _file)
 
 sys.path.insert(0, str(ROOT / "lab"))
