@@ -24,6 +24,9 @@ _package.__path__ = [str(ROOT / "module_utils" / "hpc_datapath")]
 sys.modules[_package.__name__] = _package
 ansible.module_utils.hpc_datapath = _package
 for _file in sorted((ROOT / "module_utils" / "hpc_datapath").glob("[!_]*.py")):
-    _load(f"ansible.module_utils.hpc_datapath.{_file.stem}", _file)
+    # One copy of each: a module an earlier one imported (juicefs imports mounts) is not loaded again, or
+    # its exception classes would be two, and `except mounts.ApplyError` would miss the other copy's.
+    if f"ansible.module_utils.hpc_datapath.{_file.stem}" not in sys.modules:
+        _load(f"ansible.module_utils.hpc_datapath.{_file.stem}", _file)
 
 sys.path.insert(0, str(ROOT / "lab"))
