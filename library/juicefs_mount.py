@@ -12,7 +12,7 @@ short_description: JuiceFS volumes with a local NVMe cache, one systemd service 
 description:
   - Checks every wanted mount before anything changes, on the node - the volume name (as C(juicefs format) takes
     it), the mount point (the NFS rules of M(shared_mount)), the metadata engine URL (its form only; it is never
-    shown), the cache directory (on a local disk file system that is mounted now, not the root file system: the
+    shown), the cache directory (on a local disk file system that is mounted now, not the root file system - the
     NVMe volume), the cache size (and that it fits that file system), every extra C(juicefs mount) flag against
     the ones this module passes on. It returns the problems as sentences that start with the variable they are
     about, and changes nothing then.
