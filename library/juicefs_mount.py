@@ -55,6 +55,13 @@ options:
     description: The version O(binary) must report (C(juicefs version)).
     type: str
     required: true
+  elsewhere:
+    description:
+      - The mounts of the other lists this node has (the role's C(shared_mounts_nfs), C(shared_mounts_cpfs)), as
+        C({<variable>: [[path, state], ...]}). A present JuiceFS path equal to one of them, or nested in either
+        direction, is refused before anything changes, as are nested JuiceFS paths.
+    type: dict
+    default: {}
   variable:
     description: The variable the mounts come from, as problems name it.
     type: str
@@ -132,6 +139,7 @@ from ansible.module_utils.hpc_datapath.juicefs import (
     plan,
     verify,
 )
+from ansible.module_utils.hpc_datapath.mounts import elsewhere_mounts, overlap_problems
 
 
 def space(path):
@@ -164,6 +172,10 @@ def run(module, paths, result, statvfs=space):
         variable=params["variable"],
         fstab_paths=fstab_paths(paths),
         space=statvfs,
+    )
+    mine = [(m["where"], m["path"]) for m in mounts if m["state"] == "present"]
+    problems += overlap_problems(
+        [(params["variable"], mine), *elsewhere_mounts(params.get("elsewhere"))], involving=params["variable"]
     )
     if problems:
         result["problems"] = problems
@@ -207,6 +219,7 @@ def main():
             "binary": {"type": "path", "required": True},
             "version": {"type": "str", "required": True},
             "variable": {"type": "str", "default": "shared_mounts_juicefs"},
+            "elsewhere": {"type": "dict", "default": {}},
         },
         supports_check_mode=True,
     )

@@ -61,6 +61,14 @@ options:
     type: list
     elements: dict
     default: []
+  elsewhere:
+    description:
+      - The mounts of other lists this node has (the role's C(shared_mounts_juicefs)), as
+        C({<variable>: [[path, state], ...]}) - paths only, never a secret. A present path of O(nfs) or
+        O(cpfs) equal to one of them, or nested in either direction, is refused before anything changes, as
+        are such paths between O(nfs) and O(cpfs) and within each.
+    type: dict
+    default: {}
   variable:
     description: The variable the mounts come from, as problems name it (C(<variable>[i] (path)), C(<variable>_<field>))
     type: str
@@ -145,7 +153,9 @@ from ansible.module_utils.hpc_datapath.mounts import (
     actions,
     changes,
     check_mounts,
+    elsewhere_mounts,
     fstab_mount_points,
+    overlap_problems,
     plan,
     rdma_devices,
     resolve,
@@ -168,18 +178,15 @@ def diffs(planned):
     return files + ([{"prepared": "\n".join(lines) + "\n"}] if lines else [])
 
 
-def cross_problems(nfs, cpfs_nfs, cpfs_posix):
-    """Paths that two variables both mount, and servers whose NFS and CPFS mounts disagree on what the
-    kernel shares between them (each list alone was checked already)."""
-    problems, seen = [], {}
-    for group in (nfs, cpfs_nfs, cpfs_posix):
-        problems += [
-            f"{m['where']}: path {m['path']} is also {seen[m['path']].split(' ')[0]}'s; one mount per path"
-            for m in group
-            if m["path"] in seen
-        ]
-        for mount in group:
-            seen.setdefault(mount["path"], mount["where"])
+def cross_problems(nfs, cpfs_nfs, cpfs_posix, elsewhere=None):
+    """Paths of the lists (and of the JuiceFS mounts, `elsewhere`) that are equal or nested, and servers
+    whose NFS and CPFS mounts disagree on what the kernel shares between them (each list alone was checked
+    already). Checked on every call, before anything changes."""
+    groups = [
+        (group, [(m["where"], m["path"]) for m in mounts if m["state"] == "present"])
+        for group, mounts in (("nfs", nfs), ("cpfs_nfs", cpfs_nfs), ("cpfs_posix", cpfs_posix))
+    ]
+    problems = overlap_problems(groups + elsewhere_mounts(elsewhere))
     alone = set(_check_shared_clients([m for m in nfs if m["state"] == "present"]))
     alone |= set(_check_shared_clients([m for m in cpfs_nfs if m["state"] == "present"]))
     together = _check_shared_clients([m for m in [*nfs, *cpfs_nfs] if m["state"] == "present"])
@@ -207,8 +214,10 @@ def run(module, paths, result, resolver=resolve):
         cpfs_problems += renumber(found, cpfs_nfs)
         for mount in more:  # numbered from 0 by check_mounts: put back at their place in shared_mounts_cpfs
             mount["where"] = renumber([mount["where"]], cpfs_nfs)[0]
-        problems += cross_problems(mounts, more, cpfs_posix)
-        mounts = mounts + more
+    else:
+        more = []
+    problems += cross_problems(mounts, more, cpfs_posix, params.get("elsewhere"))
+    mounts = mounts + more
     problems += cpfs_problems
     if problems:
         result["problems"] = problems
@@ -246,6 +255,7 @@ def main():
             "defaults": {"type": "dict", "default": {}},
             "cpfs": {"type": "list", "elements": "dict", "default": []},
             "variable": {"type": "str", "default": "shared_mounts_nfs"},
+            "elsewhere": {"type": "dict", "default": {}},
         },
         supports_check_mode=True,
     )

@@ -227,7 +227,7 @@ def test_good_meta_urls_pass(url):
 
 def test_a_blank_percent_encoded_in_the_password_is_kept_in_quotes():
     mount = one()
-    mount.update(zip(("meta_url", "password"), juicefs.split_meta_url("redis://:a%20b@h:6379/1")))
+    mount.update(zip(("meta_url", "password"), juicefs.split_meta_url("redis://:a%20b@h:6379/1"), strict=True))
     assert 'META_PASSWORD="a b"' in juicefs.render_env(mount)
 
 
@@ -592,7 +592,7 @@ def test_a_wrong_mode_of_the_environment_file_is_put_right_without_a_remount(nod
 # --- the module ------------------------------------------------------------------------------------------
 
 
-def module_run(node, monkeypatch, items, *, urls=None, check_mode=False, version="1.4.2", fuse=True):
+def module_run(node, monkeypatch, items, *, urls=None, check_mode=False, version="1.4.2", fuse=True, elsewhere=None):
     monkeypatch.setattr(juicefs_mount, "installed_version", lambda module, binary: version)
     module = types.SimpleNamespace(
         params={
@@ -602,6 +602,7 @@ def module_run(node, monkeypatch, items, *, urls=None, check_mode=False, version
             "binary": BINARY,
             "version": "1.4.2",
             "variable": "shared_mounts_juicefs",
+            "elsewhere": elsewhere or {},
         },
         check_mode=check_mode,
         _diff=True,
@@ -648,6 +649,34 @@ def test_without_the_pinned_client_or_fuse_it_says_so_and_changes_nothing(node, 
     assert (result["changed"], result["actions"], node.calls) == (False, [], [])
     result = module_run(node, monkeypatch, [JFS], version=version, fuse=fuse, check_mode=True)
     assert result["changed"] is True  # the plan, as if they were there
+
+
+def test_a_path_equal_to_or_nested_with_an_nfs_cpfs_or_juicefs_one_is_refused(node, monkeypatch):
+    result = module_run(
+        node,
+        monkeypatch,
+        [JFS, dict(JFS, name="inner", path="/shared/jfs/inner")],
+        elsewhere={
+            "shared_mounts_nfs": [["/shared", "present"], ["/shared/nfs", "present"]],
+            "shared_mounts_cpfs": [["/shared/jfs", "absent"], ["/shared/jfs", "present"]],
+        },
+    )
+    nested = (
+        ": one would hide the other's files, and each unmount and boot would wait on both; give each mount a "
+        "directory of its own, neither inside the other"
+    )
+    assert result["problems"] == [
+        f"shared_mounts_juicefs[1] (/shared/jfs/inner): path /shared/jfs/inner lies inside shared_mounts_juicefs[0]'s "
+        f"mount /shared/jfs{nested}",
+        "shared_mounts_cpfs[1] (/shared/jfs): path /shared/jfs is also shared_mounts_juicefs[0]'s; one mount per path",
+        f"shared_mounts_juicefs[0] (/shared/jfs): path /shared/jfs lies inside shared_mounts_nfs[0]'s mount /shared"
+        f"{nested}",
+        f"shared_mounts_juicefs[1] (/shared/jfs/inner): path /shared/jfs/inner lies inside shared_mounts_cpfs[1]'s "
+        f"mount /shared/jfs{nested}",
+        f"shared_mounts_juicefs[1] (/shared/jfs/inner): path /shared/jfs/inner lies inside shared_mounts_nfs[0]'s "
+        f"mount /shared{nested}",
+    ]
+    assert node.calls == []
 
 
 def test_absent_needs_no_client(node, monkeypatch):
