@@ -154,9 +154,15 @@ def space(path):
 
 
 def installed_version(module, binary):
+    """The version the client reports, or None where it is missing or cannot run. A binary of another
+    architecture or a truncated one makes exec fail (ENOEXEC): that is a client to replace, which the role
+    does on `missing`, not a failed run (run_command would fail_json on the OSError)."""
     if not os.path.isfile(binary):
         return None
-    rc, out, _ = module.run_command([binary, "version"])
+    try:
+        rc, out, _ = module.run_command([binary, "version"], handle_exceptions=False)
+    except OSError:
+        return None
     return parse_version(out) if rc == 0 else None
 
 

@@ -679,6 +679,17 @@ def test_a_path_equal_to_or_nested_with_an_nfs_cpfs_or_juicefs_one_is_refused(no
     assert node.calls == []
 
 
+@pytest.mark.parametrize("content", [b"\x7fELF\x02\x01\x01" + b"\0" * 9 + b"\x02\0\xb7\0", b"\x7fELF\x02"])
+def test_a_client_that_cannot_execute_is_missing_not_a_failed_run(tmp_path, monkeypatch, content):
+    """A binary of another architecture (aarch64 ELF header) or a truncated one: exec fails with ENOEXEC."""
+    binary = tmp_path / "juicefs"
+    binary.write_bytes(content)
+    binary.chmod(0o755)
+    with patch_module_args({"mounts": [], "binary": str(binary), "version": "1.4.2"}):
+        module = juicefs_mount.AnsibleModule(argument_spec={"mounts": {"type": "list"}, "binary": {}, "version": {}})
+    assert juicefs_mount.installed_version(module, str(binary)) is None
+
+
 def test_absent_needs_no_client(node, monkeypatch):
     result = module_run(node, monkeypatch, [dict(JFS, state="absent")], urls=[""], version=None, fuse=False)
     assert result["missing"] == []
