@@ -61,6 +61,12 @@ options:
     type: list
     elements: dict
     default: []
+  cpfs_client_version:
+    description:
+      - The CPFS POSIX client's pinned version (the role's C(shared_mounts_cpfs_client_version)). Where O(cpfs)
+        has a present POSIX mount, it must be given, one word of a package version's characters (it goes into an
+        apt pin file), or the call refuses before anything changes. Not checked when left out.
+    type: raw
   elsewhere:
     description:
       - The mounts of other lists this node has (the role's C(shared_mounts_juicefs)), as
@@ -142,7 +148,14 @@ ansible_facts:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.hpc_datapath.cpfs import NFS_DEFAULTS, check_cpfs, nfs_items, posix_config, renumber
+from ansible.module_utils.hpc_datapath.cpfs import (
+    NFS_DEFAULTS,
+    check_cpfs,
+    client_version_problems,
+    nfs_items,
+    posix_config,
+    renumber,
+)
 from ansible.module_utils.hpc_datapath.mounts import (
     Applier,
     ApplyError,
@@ -201,6 +214,8 @@ def run(module, paths, result, resolver=resolve):
         params["nfs"], params["defaults"], variable=params["variable"], resolver=resolver, rdma=rdma, fstab_paths=fstab
     )
     cpfs_nfs, cpfs_posix, cpfs_problems = check_cpfs(params["cpfs"])
+    if params.get("cpfs_client_version") is not None:  # the role always gives it
+        cpfs_problems += client_version_problems(params["cpfs_client_version"], cpfs_posix)
     result.update(cpfs_posix=cpfs_posix, cpfs_config=posix_config(cpfs_posix))
     if cpfs_nfs:
         more, found = check_mounts(
@@ -256,6 +271,7 @@ def main():
             "cpfs": {"type": "list", "elements": "dict", "default": []},
             "variable": {"type": "str", "default": "shared_mounts_nfs"},
             "elsewhere": {"type": "dict", "default": {}},
+            "cpfs_client_version": {"type": "raw"},
         },
         supports_check_mode=True,
     )

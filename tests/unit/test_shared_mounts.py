@@ -1033,7 +1033,9 @@ def test_unreadable_mountinfo_stops_the_run(tmp_path):
 # --- the module ---------------------------------------------------------------------------------
 
 
-def module_run(node, monkeypatch, items, *, check_mode=False, defaults=None, mount_nfs=True, cpfs=(), elsewhere=None):
+def module_run(
+    node, monkeypatch, items, *, check_mode=False, defaults=None, mount_nfs=True, cpfs=(), elsewhere=None, version=None
+):
     monkeypatch.setattr(shared_mount, "resolve", resolver)
     module = types.SimpleNamespace(
         params={
@@ -1042,6 +1044,7 @@ def module_run(node, monkeypatch, items, *, check_mode=False, defaults=None, mou
             "variable": "shared_mounts_nfs",
             "cpfs": list(cpfs),
             "elsewhere": elsewhere or {},
+            "cpfs_client_version": version,
         },
         check_mode=check_mode,
         _diff=True,
@@ -1212,3 +1215,22 @@ def test_a_juicefs_path_equal_to_an_nfs_one_is_refused_by_the_nfs_call(node, mon
     assert node.calls == []
     ok = module_run(node, monkeypatch, [DATA], elsewhere={"shared_mounts_juicefs": [[None, "present"], ["x", None]]})
     assert ok["problems"] == []  # a bad JuiceFS path is the JuiceFS module's to refuse
+
+
+@pytest.mark.parametrize(
+    ("version", "reason"),
+    [
+        ("", "the CPFS POSIX client installs only at a pinned version of the CPFS client package; set it"),
+        ("1.2.1\nPin: release *", "'1.2.1\\nPin: release *' is not a package version (one word of"),
+        ("latest", "'latest' is not a package version"),
+    ],
+)
+def test_a_bad_cpfs_client_version_is_refused_by_the_first_call_before_any_mount(node, monkeypatch, version, reason):
+    posix = {"path": "/shared/cpfs", "client": "posix", "server": "10.0.0.5", "fs_id": "hpctest"}
+    result = module_run(node, monkeypatch, [DATA], cpfs=[posix], version=version)
+    assert len(result["problems"]) == 1
+    assert result["problems"][0].startswith(f"shared_mounts_cpfs_client_version: {reason}")
+    assert node.calls == []
+    assert not list(Path(node.paths.unit_dir).glob("*.mount"))
+    fine = module_run(node, monkeypatch, [], cpfs=[dict(posix, state="absent")], version="")
+    assert fine["problems"] == []  # no present POSIX mount: no client to pin
