@@ -278,12 +278,19 @@ def _top(entries):
     return entries[-1] if entries else None
 
 
-def cache_problem(cache_dir, mountinfo, space):
+def cache_problem(cache_dir, mountinfo, space, realpath=os.path.realpath):
     """Why the cache cannot live there, or None: it must be a local disk file system of its own (the
     node's NVMe volume), mounted now; a path on / means that volume is not mounted."""
     reason = check_path(cache_dir)
     if reason:
         return reason.replace("path ", "cache_dir ", 1)
+    real = realpath(cache_dir)
+    if real != cache_dir:
+        return (
+            f"cache_dir {cache_dir} is or passes through a symbolic link (to {real}): the cache would land where the "
+            "link points, which the checks of its file system and the unit's RequiresMountsFor do not follow; give "
+            "the real directory"
+        )
     below = [m for m in mountinfo if _under(cache_dir, m["path"])]
     holder = max(below, key=lambda m: (len(m["path"]), m["id"])) if below else None
     if holder is None:
@@ -343,7 +350,15 @@ class _Entry:
 
 
 def check_mounts(
-    items, meta_urls, defaults, mountinfo, *, variable="shared_mounts_juicefs", fstab_paths=(), space=None
+    items,
+    meta_urls,
+    defaults,
+    mountinfo,
+    *,
+    variable="shared_mounts_juicefs",
+    fstab_paths=(),
+    space=None,
+    realpath=os.path.realpath,
 ):
     """(mounts, problems): the wanted volumes, normalised, and every problem as a sentence naming the
     variable. meta_urls[i] is items[i]'s metadata engine URL (kept apart: it is a secret)."""
@@ -356,7 +371,7 @@ def check_mounts(
             continue
         entry = _Entry(item, defaults or {}, variable, index)
         url = meta_urls[index] if index < len(meta_urls) else None
-        mount = _check_mount(entry, url, mountinfo, fstab_paths, space)
+        mount = _check_mount(entry, url, mountinfo, fstab_paths, space, realpath=realpath)
         problems += entry.problems
         if mount is not None and not entry.problems:
             mounts.append(mount)
@@ -376,13 +391,13 @@ def check_mounts(
     return mounts, problems
 
 
-def _check_cache(entry, mountinfo, space):
+def _check_cache(entry, mountinfo, space, realpath):
     """(cache_dir, cache_size_mib) of a present mount; problems go to the entry."""
     cache_dir = entry.item.get("cache_dir")
     if not isinstance(cache_dir, str):
         entry.problem("cache_dir is missing: give a directory on the local NVMe volume, such as /scratch/juicefs")
     else:
-        reason = cache_problem(cache_dir, mountinfo, space)
+        reason = cache_problem(cache_dir, mountinfo, space, realpath)
         if reason:
             entry.problem(reason)
     size = _whole(entry.value("cache_size_mib"))
@@ -401,7 +416,7 @@ def _check_cache(entry, mountinfo, space):
     return cache_dir, size
 
 
-def _check_mount(entry, url, mountinfo, fstab_paths, space):
+def _check_mount(entry, url, mountinfo, fstab_paths, space, *, realpath):
     item = entry.item
     unknown = sorted(map(str, set(item) - set(FIELDS)))
     if unknown:
@@ -424,7 +439,7 @@ def _check_mount(entry, url, mountinfo, fstab_paths, space):
     reason = check_meta_url(url)
     if reason:
         entry.problem(reason)
-    cache_dir, size = _check_cache(entry, mountinfo, space)
+    cache_dir, size = _check_cache(entry, mountinfo, space, realpath)
     options = entry.options()
     if entry.problems:
         return None

@@ -36,10 +36,18 @@ def info(*lines):
     return mounts.parse_mountinfo("\n".join(lines or (LINE_ROOT, LINE_SCRATCH)))
 
 
-def check(items, urls=None, defaults=None, mountinfo=None, space=lambda path: 3500 * GIB):
+def check(
+    items, urls=None, defaults=None, mountinfo=None, *, space=lambda path: 3500 * GIB, realpath=lambda path: path
+):
     urls = [META] * len(items) if urls is None else urls
     return juicefs.check_mounts(
-        items, urls, dict(DEFAULTS, **(defaults or {})), mountinfo or info(), fstab_paths=set(), space=space
+        items,
+        urls,
+        dict(DEFAULTS, **(defaults or {})),
+        mountinfo or info(),
+        fstab_paths=set(),
+        space=space,
+        realpath=realpath,
     )
 
 
@@ -149,6 +157,17 @@ def test_a_cache_on_a_network_or_memory_file_system_is_refused():
     )
     tmpfs = "70 29 0:52 / /scratch rw,relatime shared:80 - tmpfs tmpfs rw,size=1g"
     refused([JFS], "cache_dir /scratch/juicefs is on tmpfs", mountinfo=info(LINE_ROOT, tmpfs))
+
+
+def test_a_cache_dir_through_a_symbolic_link_is_refused():
+    """/scratch/juicefs -> /var/cache/jfs would put the cache on the root disk behind a check that saw /scratch."""
+    refused(
+        [JFS],
+        "shared_mounts_juicefs[0] (/shared/jfs): cache_dir /scratch/juicefs is or passes through a symbolic link (to "
+        "/var/cache/jfs): the cache would land where the link points",
+        realpath=lambda path: path.replace("/scratch/juicefs", "/var/cache/jfs"),
+    )
+    assert juicefs.cache_problem("/scratch/juicefs", info(), None, realpath=lambda path: path) is None
 
 
 def test_two_mounts_of_one_path_or_one_volume_and_a_cache_inside_a_mount():
