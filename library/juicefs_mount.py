@@ -33,9 +33,10 @@ options:
   mounts:
     description:
       - The mounts without their secret, each C(name), C(path), C(cache_dir) and optional C(cache_size_mib),
-        C(options) (a list of C(juicefs mount) flags), C(state) (present, absent).
+        C(options) (a list of C(juicefs mount) flags), C(state) (present, absent). An item that is not a
+        mapping is refused as a problem that names its place.
     type: list
-    elements: dict
+    elements: raw
     default: []
   meta_urls:
     description: The metadata engine URL of each mount, by position in O(mounts) (empty for an absent one).
@@ -218,7 +219,8 @@ def run(module, paths, result, statvfs=space):
 def main():
     module = AnsibleModule(
         argument_spec={
-            "mounts": {"type": "list", "elements": "dict", "default": []},
+            # Any element: one that is not a mapping is refused by check_mounts with its place named.
+            "mounts": {"type": "list", "elements": "raw", "default": []},
             # The secret: masked in the invocation and in anything the module returns.
             "meta_urls": {"type": "list", "elements": "str", "default": [], "no_log": True},
             "defaults": {"type": "dict", "default": {}},

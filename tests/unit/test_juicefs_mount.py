@@ -16,8 +16,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 from ansible.module_utils.hpc_datapath import juicefs, mounts
 from ansible.module_utils.testing import patch_module_args
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import Templar, trust_as_template
 from conftest import ROOT, _load
 
 juicefs_mount = _load("juicefs_mount", ROOT / "library" / "juicefs_mount.py")
@@ -707,6 +710,32 @@ def test_a_client_that_cannot_execute_is_missing_not_a_failed_run(tmp_path, monk
     with patch_module_args({"mounts": [], "binary": str(binary), "version": "1.4.2"}):
         module = juicefs_mount.AnsibleModule(argument_spec={"mounts": {"type": "list"}, "binary": {}, "version": {}})
     assert juicefs_mount.installed_version(module, str(binary)) is None
+
+
+def test_the_role_passes_an_item_that_is_not_a_mapping_on_for_the_module_to_refuse(node, monkeypatch, capsys):
+    """vars/main.yml strips meta_url from each mapping and keeps any other item, so that the module, not a
+    Jinja error, says which item is wrong; the module takes any element."""
+    text = yaml.safe_load((ROOT / "roles" / "shared_mounts" / "vars" / "main.yml").read_text())
+    items = [dict(JFS, meta_url=META), "datasets:/shared/jfs", 7]
+    stripped = Templar(loader=DataLoader(), variables={"shared_mounts_juicefs": items}).template(
+        trust_as_template(text["__shared_mounts_juicefs_mounts"])
+    )
+    assert stripped == [JFS, "datasets:/shared/jfs", 7]
+    monkeypatch.setattr(juicefs_mount, "JuicePaths", lambda: node.paths)
+    args = {
+        "mounts": stripped,
+        "meta_urls": [META, "", ""],
+        "defaults": DEFAULTS,
+        "binary": BINARY,
+        "version": "1.4.2",
+    }
+    with patch_module_args(args), pytest.raises(SystemExit):
+        juicefs_mount.main()
+    result = json.loads(capsys.readouterr().out)
+    assert result["problems"] == [
+        "shared_mounts_juicefs[1]: is not a mapping with name, path, meta_url and cache_dir",
+        "shared_mounts_juicefs[2]: is not a mapping with name, path, meta_url and cache_dir",
+    ]
 
 
 def test_absent_needs_no_client(node, monkeypatch):
