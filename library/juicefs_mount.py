@@ -111,6 +111,14 @@ pending:
   returned: always
   type: list
   elements: dict
+notes:
+  description: >-
+    Units (C(hpc-juicefs-*.service)) and environment files (C(<env_dir>/*.env)) of this module that no listed mount
+    owns, as when a volume moved or was renamed without its old entry set absent; reported, never removed or
+    stopped (list the old path or name with C(state=absent) for that).
+  returned: always
+  type: list
+  elements: str
 actions:
   description: What was done (in check mode, what would be done), in order.
   returned: always
@@ -188,7 +196,9 @@ def run(module, paths, result, statvfs=space):
         result["problems"] = problems
         return
     planned = plan(mounts, node, params["binary"])
-    result.update(mounts=planned["mounts"], pending=planned["pending"], actions=actions(planned))
+    result.update(
+        mounts=planned["mounts"], pending=planned["pending"], actions=actions(planned), notes=planned["notes"]
+    )
     if any(m["state"] == "present" for m in mounts):
         result["installed"] = installed_version(module, params["binary"])
         if result["installed"] != params["version"]:
@@ -239,6 +249,7 @@ def main():
         "mounts": [],
         "pending": [],
         "actions": [],
+        "notes": [],
     }
     try:
         run(module, JuicePaths(), result)

@@ -377,7 +377,8 @@ def check_mounts(
             mounts.append(mount)
     for field, what in (("path", "one mount per path"), ("name", "one mount of a volume per node")):
         seen = {}
-        for mount in mounts:
+        # An absent entry may name the volume a present one mounts elsewhere now (a move).
+        for mount in mounts if field == "path" else [m for m in mounts if m["state"] == "present"]:
             if mount[field] in seen:
                 problems.append(f"{mount['where']}: {field} {mount[field]} is also {seen[mount[field]]}'s; {what}")
             seen.setdefault(mount[field], mount["where"].split(" ")[0])
@@ -530,7 +531,15 @@ class Node:
 
     def units(self):
         try:
-            return sorted(n for n in os.listdir(self.paths.unit_dir) if n.startswith("hpc-juicefs-"))
+            return sorted(
+                n for n in os.listdir(self.paths.unit_dir) if n.startswith("hpc-juicefs-") and n.endswith(".service")
+            )
+        except FileNotFoundError:
+            return []
+
+    def envs(self):
+        try:
+            return sorted(n for n in os.listdir(self.paths.env_dir) if n.endswith(".env"))
         except FileNotFoundError:
             return []
 
@@ -576,7 +585,9 @@ def plan(mounts, node, binary):
         "pending": [],
         "mounts": [],
         "problems": [],
+        "notes": [],
     }
+    present = {m["name"] for m in mounts if m["state"] == "present"}
     for mount in mounts:
         unit = unit_name(mount["path"])
         entry = _top(node.at(mount["path"]))
@@ -586,7 +597,7 @@ def plan(mounts, node, binary):
         out["mounts"].append(status)
         mark = node.mark(unit)
         if mount["state"] == "absent":
-            _absent(out, node, mount, unit, ours, mark=mark)
+            _absent(out, node, mount, unit, ours, mark=mark, keep_env=mount["name"] in present)
             continue
         if entry is not None and ours is None:
             out["problems"].append(
@@ -610,7 +621,29 @@ def plan(mounts, node, binary):
         status["drift"] = reasons
         if reasons:
             _cycle(out, node, mount, unit, ours, why="; ".join(reasons), then_start=True)
+    out["notes"] = _unowned(mounts, node)
     return out
+
+
+def _unowned(mounts, node):
+    """Units and environment files of this role that no listed mount owns (a volume moved or renamed
+    without its old entry set absent). Reported, never removed: the unit may still run a mounted volume,
+    and stopping that is a decision for an inventory entry with state absent."""
+    units = {unit_name(m["path"]) for m in mounts}
+    envs = {f"{m['name']}.env" for m in mounts}
+    notes = [
+        f"{os.path.join(node.paths.unit_dir, name)} is no listed mount's; list its path with state: absent to "
+        "unmount it and remove it"
+        for name in node.units()
+        if name not in units
+    ]
+    notes += [
+        f"{os.path.join(node.paths.env_dir, name)} (root only) is no listed mount's; list its volume name with "
+        "state: absent to remove it"
+        for name in node.envs()
+        if name not in envs
+    ]
+    return notes
 
 
 def _persist(out, node, mount, unit, binary):
@@ -634,7 +667,7 @@ def _persist(out, node, mount, unit, binary):
     return reasons
 
 
-def _absent(out, node, mount, unit, ours, *, mark):
+def _absent(out, node, mount, unit, ours, *, mark, keep_env):
     text = node.unit(unit)
     if text is not None:
         if node.linked(unit):
@@ -642,7 +675,7 @@ def _absent(out, node, mount, unit, ours, *, mark):
         out["files"].append({"path": os.path.join(node.paths.unit_dir, unit), "before": text, "after": None})
     env = env_file(node.paths, mount["name"])
     current = node.env(env)[0]
-    if current is not None:
+    if current is not None and not keep_env:  # kept where the volume moved: a present entry owns it now
         out["files"].append({"path": env, "before": current, "after": None, "secret": True})
     if ours is not None:
         _cycle(out, node, mount, unit, ours, why="state: absent", then_start=False)

@@ -185,6 +185,12 @@ def test_two_mounts_of_one_path_or_one_volume_and_a_cache_inside_a_mount():
     )
 
 
+def test_an_absent_entry_may_name_the_volume_a_present_one_mounts_elsewhere():
+    found, problems = check([dict(JFS, state="absent"), dict(JFS, path="/shared/jfs2")], urls=["", META])
+    assert problems == []
+    assert [m["state"] for m in found] == ["absent", "present"]
+
+
 def test_every_problem_is_reported_at_once_and_absent_needs_only_name_and_path():
     _, problems = check([dict(JFS, name="X", cache_size_mib=1, options=["--nope"])])
     assert len(problems) == 3
@@ -590,6 +596,37 @@ def test_absent_while_held_removes_the_persistence_and_leaves_the_unmount_pendin
     assert node.at("/shared/jfs")
     assert not any(c[:2] == ["systemctl", "stop"] for c in node.calls)
     assert drift == []
+
+
+def test_a_volume_moves_with_its_old_entry_absent_and_keeps_its_environment_file(node):
+    converge(node, [JFS])
+    moved = dict(JFS, path="/shared/jfs2")
+    planned, _applier, drift = converge(node, [dict(JFS, state="absent"), moved])
+    assert drift == []
+    assert planned["notes"] == []
+    assert node.at("/shared/jfs") == []
+    assert node.at("/shared/jfs2")[0]["source"] == "JuiceFS:datasets"
+    assert node.unit(UNIT) is None
+    env = Path(node.paths.env_dir) / "datasets.env"
+    assert SECRET in env.read_text()
+    assert not juicefs.changes(plan_only(node, [dict(JFS, state="absent"), moved]))
+
+
+def test_units_and_environment_files_no_listed_mount_owns_are_reported_not_stopped(node):
+    converge(node, [JFS])
+    node.calls.clear()
+    planned, _applier, drift = converge(node, [dict(JFS, name="renamed", path="/shared/jfs2")])
+    assert drift == []
+    assert planned["notes"] == [
+        f"{node.paths.unit_dir}/{UNIT} is no listed mount's; list its path with state: absent to unmount it and "
+        "remove it",
+        f"{node.paths.env_dir}/datasets.env (root only) is no listed mount's; list its volume name with state: "
+        "absent to remove it",
+    ]
+    assert node.at("/shared/jfs")[0]["source"] == "JuiceFS:datasets"  # still mounted, nobody stopped it
+    assert node.unit(UNIT) is not None
+    assert (Path(node.paths.env_dir) / "datasets.env").exists()
+    assert not [argv for argv in node.calls if "stop" in argv or "umount" in argv]
 
 
 def test_a_local_file_system_at_the_path_is_never_hidden(node):
