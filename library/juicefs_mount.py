@@ -59,8 +59,8 @@ options:
   elsewhere:
     description:
       - The mounts of the other lists this node has (the role's C(shared_mounts_nfs), C(shared_mounts_cpfs)), as
-        C({<variable>: [[path, state], ...]}). A present JuiceFS path equal to one of them, or nested in either
-        direction, is refused before anything changes, as are nested JuiceFS paths.
+        a mapping of each variable to its C([path, state]) pairs. A present JuiceFS path equal to one of them, or
+        nested in either direction, is refused before anything changes, as are nested JuiceFS paths.
     type: dict
     default: {}
   variable:

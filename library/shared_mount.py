@@ -70,8 +70,8 @@ options:
   elsewhere:
     description:
       - The mounts of other lists this node has (the role's C(shared_mounts_juicefs)), as
-        C({<variable>: [[path, state], ...]}) - paths only, never a secret. A present path of O(nfs) or
-        O(cpfs) equal to one of them, or nested in either direction, is refused before anything changes, as
+        a mapping of each variable to its C([path, state]) pairs - paths only, never a secret. A present path
+        of O(nfs) or O(cpfs) equal to one of them, or nested in either direction, is refused before anything changes, as
         are such paths between O(nfs) and O(cpfs) and within each.
     type: dict
     default: {}
