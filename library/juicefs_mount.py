@@ -33,9 +33,10 @@ options:
   mounts:
     description:
       - The mounts without their secret, each C(name), C(path), C(cache_dir) and optional C(cache_size_mib),
-        C(options) (a list of C(juicefs mount) flags), C(state) (present, absent).
+        C(options) (a list of C(juicefs mount) flags), C(state) (present, absent). An item that is not a
+        mapping is refused as a problem that names its place.
     type: list
-    elements: dict
+    elements: raw
     default: []
   meta_urls:
     description: The metadata engine URL of each mount, by position in O(mounts) (empty for an absent one).
@@ -55,6 +56,13 @@ options:
     description: The version O(binary) must report (C(juicefs version)).
     type: str
     required: true
+  elsewhere:
+    description:
+      - The mounts of the other lists this node has (the role's C(shared_mounts_nfs), C(shared_mounts_cpfs)), as
+        a mapping of each variable to its C([path, state]) pairs. A present JuiceFS path equal to one of them, or
+        nested in either direction, is refused before anything changes, as are nested JuiceFS paths.
+    type: dict
+    default: {}
   variable:
     description: The variable the mounts come from, as problems name it.
     type: str
@@ -103,6 +111,14 @@ pending:
   returned: always
   type: list
   elements: dict
+notes:
+  description: >-
+    Units (C(hpc-juicefs-*.service)) and environment files (C(<env_dir>/*.env)) of this module that no listed mount
+    owns, as when a volume moved or was renamed without its old entry set absent; reported, never removed or
+    stopped (list the old path or name with C(state=absent) for that).
+  returned: always
+  type: list
+  elements: str
 actions:
   description: What was done (in check mode, what would be done), in order.
   returned: always
@@ -132,6 +148,7 @@ from ansible.module_utils.hpc_datapath.juicefs import (
     plan,
     verify,
 )
+from ansible.module_utils.hpc_datapath.mounts import elsewhere_mounts, overlap_problems
 
 
 def space(path):
@@ -146,9 +163,15 @@ def space(path):
 
 
 def installed_version(module, binary):
+    """The version the client reports, or None where it is missing or cannot run. A binary of another
+    architecture or a truncated one makes exec fail (ENOEXEC): that is a client to replace, which the role
+    does on `missing`, not a failed run (run_command would fail_json on the OSError)."""
     if not os.path.isfile(binary):
         return None
-    rc, out, _ = module.run_command([binary, "version"])
+    try:
+        rc, out, _ = module.run_command([binary, "version"], handle_exceptions=False)
+    except OSError:
+        return None
     return parse_version(out) if rc == 0 else None
 
 
@@ -165,11 +188,17 @@ def run(module, paths, result, statvfs=space):
         fstab_paths=fstab_paths(paths),
         space=statvfs,
     )
+    mine = [(m["where"], m["path"]) for m in mounts if m["state"] == "present"]
+    problems += overlap_problems(
+        [(params["variable"], mine), *elsewhere_mounts(params.get("elsewhere"))], involving=params["variable"]
+    )
     if problems:
         result["problems"] = problems
         return
     planned = plan(mounts, node, params["binary"])
-    result.update(mounts=planned["mounts"], pending=planned["pending"], actions=actions(planned))
+    result.update(
+        mounts=planned["mounts"], pending=planned["pending"], actions=actions(planned), notes=planned["notes"]
+    )
     if any(m["state"] == "present" for m in mounts):
         result["installed"] = installed_version(module, params["binary"])
         if result["installed"] != params["version"]:
@@ -200,13 +229,15 @@ def run(module, paths, result, statvfs=space):
 def main():
     module = AnsibleModule(
         argument_spec={
-            "mounts": {"type": "list", "elements": "dict", "default": []},
+            # Any element: one that is not a mapping is refused by check_mounts with its place named.
+            "mounts": {"type": "list", "elements": "raw", "default": []},
             # The secret: masked in the invocation and in anything the module returns.
             "meta_urls": {"type": "list", "elements": "str", "default": [], "no_log": True},
             "defaults": {"type": "dict", "default": {}},
             "binary": {"type": "path", "required": True},
             "version": {"type": "str", "required": True},
             "variable": {"type": "str", "default": "shared_mounts_juicefs"},
+            "elsewhere": {"type": "dict", "default": {}},
         },
         supports_check_mode=True,
     )
@@ -218,6 +249,7 @@ def main():
         "mounts": [],
         "pending": [],
         "actions": [],
+        "notes": [],
     }
     try:
         run(module, JuicePaths(), result)

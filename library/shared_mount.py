@@ -61,6 +61,20 @@ options:
     type: list
     elements: dict
     default: []
+  cpfs_client_version:
+    description:
+      - The CPFS POSIX client's pinned version (the role's C(shared_mounts_cpfs_client_version)). Where O(cpfs)
+        has a present POSIX mount, it must be given, one word of a package version's characters (it goes into an
+        apt pin file), or the call refuses before anything changes. Not checked when left out.
+    type: raw
+  elsewhere:
+    description:
+      - The mounts of other lists this node has (the role's C(shared_mounts_juicefs)), as
+        a mapping of each variable to its C([path, state]) pairs - paths only, never a secret. A present path
+        of O(nfs) or O(cpfs) equal to one of them, or nested in either direction, is refused before anything changes, as
+        are such paths between O(nfs) and O(cpfs) and within each.
+    type: dict
+    default: {}
   variable:
     description: The variable the mounts come from, as problems name it (C(<variable>[i] (path)), C(<variable>_<field>))
     type: str
@@ -134,7 +148,14 @@ ansible_facts:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.hpc_datapath.cpfs import NFS_DEFAULTS, check_cpfs, nfs_items, posix_config, renumber
+from ansible.module_utils.hpc_datapath.cpfs import (
+    NFS_DEFAULTS,
+    check_cpfs,
+    client_version_problems,
+    nfs_items,
+    posix_config,
+    renumber,
+)
 from ansible.module_utils.hpc_datapath.mounts import (
     Applier,
     ApplyError,
@@ -145,7 +166,9 @@ from ansible.module_utils.hpc_datapath.mounts import (
     actions,
     changes,
     check_mounts,
+    elsewhere_mounts,
     fstab_mount_points,
+    overlap_problems,
     plan,
     rdma_devices,
     resolve,
@@ -168,18 +191,15 @@ def diffs(planned):
     return files + ([{"prepared": "\n".join(lines) + "\n"}] if lines else [])
 
 
-def cross_problems(nfs, cpfs_nfs, cpfs_posix):
-    """Paths that two variables both mount, and servers whose NFS and CPFS mounts disagree on what the
-    kernel shares between them (each list alone was checked already)."""
-    problems, seen = [], {}
-    for group in (nfs, cpfs_nfs, cpfs_posix):
-        problems += [
-            f"{m['where']}: path {m['path']} is also {seen[m['path']].split(' ')[0]}'s; one mount per path"
-            for m in group
-            if m["path"] in seen
-        ]
-        for mount in group:
-            seen.setdefault(mount["path"], mount["where"])
+def cross_problems(nfs, cpfs_nfs, cpfs_posix, elsewhere=None):
+    """Paths of the lists (and of the JuiceFS mounts, `elsewhere`) that are equal or nested, and servers
+    whose NFS and CPFS mounts disagree on what the kernel shares between them (each list alone was checked
+    already). Checked on every call, before anything changes."""
+    groups = [
+        (group, [(m["where"], m["path"]) for m in mounts if m["state"] == "present"])
+        for group, mounts in (("nfs", nfs), ("cpfs_nfs", cpfs_nfs), ("cpfs_posix", cpfs_posix))
+    ]
+    problems = overlap_problems(groups + elsewhere_mounts(elsewhere))
     alone = set(_check_shared_clients([m for m in nfs if m["state"] == "present"]))
     alone |= set(_check_shared_clients([m for m in cpfs_nfs if m["state"] == "present"]))
     together = _check_shared_clients([m for m in [*nfs, *cpfs_nfs] if m["state"] == "present"])
@@ -194,6 +214,8 @@ def run(module, paths, result, resolver=resolve):
         params["nfs"], params["defaults"], variable=params["variable"], resolver=resolver, rdma=rdma, fstab_paths=fstab
     )
     cpfs_nfs, cpfs_posix, cpfs_problems = check_cpfs(params["cpfs"])
+    if params.get("cpfs_client_version") is not None:  # the role always gives it
+        cpfs_problems += client_version_problems(params["cpfs_client_version"], cpfs_posix)
     result.update(cpfs_posix=cpfs_posix, cpfs_config=posix_config(cpfs_posix))
     if cpfs_nfs:
         more, found = check_mounts(
@@ -207,8 +229,10 @@ def run(module, paths, result, resolver=resolve):
         cpfs_problems += renumber(found, cpfs_nfs)
         for mount in more:  # numbered from 0 by check_mounts: put back at their place in shared_mounts_cpfs
             mount["where"] = renumber([mount["where"]], cpfs_nfs)[0]
-        problems += cross_problems(mounts, more, cpfs_posix)
-        mounts = mounts + more
+    else:
+        more = []
+    problems += cross_problems(mounts, more, cpfs_posix, params.get("elsewhere"))
+    mounts = mounts + more
     problems += cpfs_problems
     if problems:
         result["problems"] = problems
@@ -246,6 +270,8 @@ def main():
             "defaults": {"type": "dict", "default": {}},
             "cpfs": {"type": "list", "elements": "dict", "default": []},
             "variable": {"type": "str", "default": "shared_mounts_nfs"},
+            "elsewhere": {"type": "dict", "default": {}},
+            "cpfs_client_version": {"type": "raw"},
         },
         supports_check_mode=True,
     )

@@ -48,6 +48,7 @@ POSIX_CONFIG = "/etc/cpfs/cpfs-mounts.conf"
 _SERVER = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\Z")
 _FS_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 _VERSION = re.compile(r"[0-9][A-Za-z0-9.+:~_-]{0,99}\Z")
+VERSION_VARIABLE = "shared_mounts_cpfs_client_version"
 
 
 def _where(variable, index, item):
@@ -164,12 +165,27 @@ def posix_config(posix):
     return "\n".join(lines) + "\n"
 
 
-def version_problems(package, version, available, variable="shared_mounts_cpfs_client_version"):
-    """Why the pinned client version cannot install: none given, not one word, or not in the mirror."""
+def client_version_problems(version, posix, package="the CPFS client package", variable=VERSION_VARIABLE):
+    """Why the pinned client version cannot be written into the apt pin, where a present POSIX mount needs
+    the client: none given, or not one word of a package version's characters (a newline would add a
+    line to the pin file). Checked by shared_mount's first call, before any file or mount changes."""
+    if not any(mount["state"] == "present" for mount in posix):
+        return []
     if not version:
         return [f"{variable}: the CPFS POSIX client installs only at a pinned version of {package}; set it"]
     if not isinstance(version, str) or not _VERSION.match(version):
-        return [f"{variable}: {version!r} is not a package version (one word, starting with a digit)"]
+        return [
+            f"{variable}: {version!r} is not a package version (one word of A-Z a-z 0-9 . + : ~ _ -, starting with "
+            "a digit)"
+        ]
+    return []
+
+
+def version_problems(package, version, available, variable=VERSION_VARIABLE):
+    """Why the pinned client version cannot install: none given, not one word, or not in the mirror."""
+    found = client_version_problems(version, [{"state": "present"}], package, variable)
+    if found:
+        return found
     if version not in available:
         return [
             f"{variable}: {package} {version} is not in the configured repository "

@@ -47,9 +47,15 @@ _VOLUME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]\Z")
 # The metadata engines the community client speaks (pkg/meta: metaDrivers).
 META_SCHEMES = ("redis", "rediss", "unix", "mysql", "postgres", "sqlite3", "tikv", "etcd", "badger", "fdb")
 # Where the password may move from the URL to META_PASSWORD (documented for these engines), and
-# whether the engine's driver reads the URL's password percent-decoded (go-redis, lib/pq) or as it
-# is written (go-sql-driver/mysql parses a DSN, not a URL).
-PASSWORD_SCHEMES = {"redis": True, "rediss": True, "unix": True, "postgres": True, "mysql": False}
+# whether the client reads the URL's password percent-decoded. All of them do: go-redis and lib/pq
+# decode it, and for mysql juicefs decodes it itself before the DSN reaches go-sql-driver (tried with
+# the 1.4.2 client: mysql://jfs:p%40ss@(127.0.0.1:13306)/db logs in with p@ss). Any other engine's
+# URL must hold no password: it would stand on the client's command line.
+PASSWORD_SCHEMES = {"redis": True, "rediss": True, "unix": True, "postgres": True, "mysql": True}
+# A host of a postgres URL or mysql DSN, and its optional port (a port is checked for its range apart).
+_HOST_PORT = re.compile(r"([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?\Z")
+_MY_ADDRESS = re.compile(r"(?:tcp)?\((.*)\)\Z|unix\(/[A-Za-z0-9._/-]+\)\Z")
+_QUERY_PASSWORD = re.compile(r"(?:^|&)password=", re.IGNORECASE)
 # Disk file systems a cache may live on: a cache on tmpfs eats memory, one on a network or FUSE
 # file system is no cache.
 LOCAL_FSTYPES = ("xfs", "ext4", "ext3", "ext2", "btrfs", "f2fs")
@@ -94,7 +100,7 @@ ALWAYS = ("--no-syslog", "--no-usage-report")
 ENV_URL = "HPC_JUICEFS_META_URL"
 ENV_PASSWORD = "META_PASSWORD"  # noqa: S105 (a variable name) read by the client for redis, postgres and mysql (juicefs docs)
 # How long a run waits for a started client to show its mount in mountinfo: the client connects to
-# the metadata engine and the object store first; after this the run fails, with the journal.
+# the metadata engine and the object store first; after this the run fails, naming the unit's journal.
 MOUNT_WAIT = 60
 SECRET_SHOWN = "(the metadata engine URL: root only, not shown)\n"  # noqa: S105 (what a diff shows instead)
 _VERSION = re.compile(r"juicefs version ([0-9]+\.[0-9]+\.[0-9]+)(\S*)")
@@ -130,18 +136,40 @@ def env_file(paths, name):
 # --- the wanted mounts -------------------------------------------------------------------------
 
 
+def _authority_end(rest):
+    """Where the authority of `<scheme>://<rest>` ends: at the first /, ? or # outside mysql's
+    parentheses ((host:port), unix(/socket)); an @ after it belongs to the path or the query."""
+    depth = 0
+    for position, char in enumerate(rest):
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth = max(depth - 1, 0)
+        elif char in "/?#" and depth == 0:
+            return position
+    return len(rest)
+
+
+def _parts(url):
+    """(scheme, userinfo or None, host, the rest after the authority) of a metadata engine URL."""
+    scheme, _, rest = url.partition("://")
+    end = _authority_end(rest)
+    authority, tail = rest[:end], rest[end:]
+    userinfo, at, host = authority.rpartition("@")  # the client, too, ends the user part at the last @
+    return scheme, (userinfo if at else None), host, tail
+
+
 def split_meta_url(url):
     """(url without its password, password or None). The password moves to META_PASSWORD, so that the
     client's command line never holds it; the user, host and database stay in the URL."""
-    scheme, _, rest = url.partition("://")
-    if scheme not in PASSWORD_SCHEMES or "@" not in rest:
+    scheme, userinfo, host, tail = _parts(url)
+    if scheme not in PASSWORD_SCHEMES or userinfo is None:
         return url, None
-    userinfo, _, host = rest.rpartition("@")  # the client, too, ends the user part at the last @
     user, colon, password = userinfo.partition(":")
     if not colon or not password:
         return url, None
     password = unquote(password) if PASSWORD_SCHEMES[scheme] else password
-    return f"{scheme}://{user}@{host}" if user else f"{scheme}://{host}", password
+    return f"{scheme}://{user}@{host}{tail}" if user else f"{scheme}://{host}{tail}", password
 
 
 def check_meta_url(url):
@@ -154,9 +182,68 @@ def check_meta_url(url):
             f"meta_url is not a metadata engine URL (<scheme>://..., scheme one of {', '.join(META_SCHEMES)}); "
             "the value is not shown"
         )
-    plain, password = split_meta_url(url)
-    if any(not char.isprintable() or char.isspace() for char in plain + (password or "")):
+    # The URL stands in the environment file's quotes and on the client's command line: no blank or
+    # control character; the password, decoded, goes only into the quoted META_PASSWORD, where a blank
+    # is kept as it is, and a control character would break the line.
+    if any(not char.isprintable() or char.isspace() for char in url):
         return "meta_url holds a blank or control character (the value is not shown)"
+    _scheme, userinfo, host, tail = _parts(url)
+    reason = _password_problem(url, scheme, userinfo, tail)
+    if reason:
+        return reason
+    reason = _host_problem(scheme, host)
+    if reason:
+        return f"meta_url's host part {reason} (the value is not shown)"
+    return None
+
+
+def _password_problem(url, scheme, userinfo, tail):
+    """Why the URL's password would reach a command line, or could not be written, or None."""
+    _, query_sep, query = tail.partition("?")
+    if query_sep and _QUERY_PASSWORD.search(query.partition("#")[0]):
+        return (
+            "meta_url holds a password in its query (password=...), which would stand on the client's command "
+            f"line and in the journal; write it as the URL's password ({scheme}://<user>:<password>@host/...), "
+            "which the role moves to META_PASSWORD (the value is not shown)"
+        )
+    if scheme not in PASSWORD_SCHEMES and userinfo is not None and userinfo.partition(":")[2]:
+        return (
+            f"meta_url holds a password (user:password@) for {scheme}, which the client takes only on its command "
+            f"line, where every process and the journal would see it; only {', '.join(PASSWORD_SCHEMES)} URLs may "
+            "hold one (it moves to META_PASSWORD) - give the engine its credentials another way (the value is not "
+            "shown)"
+        )
+    password = split_meta_url(url)[1]
+    if password is not None and any(not char.isprintable() for char in password):
+        return "meta_url's password holds a control character (percent-encoded; the value is not shown)"
+    return None
+
+
+def _host_problem(scheme, host):
+    """Why the host part of a postgres URL (host[:port], several joined by commas, or empty for the local
+    socket) or a mysql DSN ((host:port), tcp(host:port), unix(/socket), or empty) is not one, or None."""
+    if scheme == "mysql":
+        if not host:
+            return None
+        found = _MY_ADDRESS.match(host)
+        if found is None:
+            return (
+                "is not (host:port) or unix(/socket), as the mysql driver takes it "
+                "(mysql://<user>:<password>@(host:3306)/<db>); a character of the password that is not a letter "
+                "or digit may need percent-encoding"
+            )
+        hosts = [found.group(1)] if found.group(1) is not None else []
+    elif scheme == "postgres":
+        hosts = host.split(",") if host else []
+    else:
+        return None
+    for one in hosts:
+        found = _HOST_PORT.match(one)
+        if found is None or (found.group(2) is not None and not 1 <= int(found.group(2)) <= 65535):
+            return (
+                "is not a host name or address with an optional port from 1 to 65535 (host:5432); a character of "
+                "the password that is not a letter or digit may need percent-encoding"
+            )
     return None
 
 
@@ -191,12 +278,19 @@ def _top(entries):
     return entries[-1] if entries else None
 
 
-def cache_problem(cache_dir, mountinfo, space):
+def cache_problem(cache_dir, mountinfo, space, realpath=os.path.realpath):
     """Why the cache cannot live there, or None: it must be a local disk file system of its own (the
     node's NVMe volume), mounted now; a path on / means that volume is not mounted."""
     reason = check_path(cache_dir)
     if reason:
         return reason.replace("path ", "cache_dir ", 1)
+    real = realpath(cache_dir)
+    if real != cache_dir:
+        return (
+            f"cache_dir {cache_dir} is or passes through a symbolic link (to {real}): the cache would land where the "
+            "link points, which the checks of its file system and the unit's RequiresMountsFor do not follow; give "
+            "the real directory"
+        )
     below = [m for m in mountinfo if _under(cache_dir, m["path"])]
     holder = max(below, key=lambda m: (len(m["path"]), m["id"])) if below else None
     if holder is None:
@@ -256,7 +350,15 @@ class _Entry:
 
 
 def check_mounts(
-    items, meta_urls, defaults, mountinfo, *, variable="shared_mounts_juicefs", fstab_paths=(), space=None
+    items,
+    meta_urls,
+    defaults,
+    mountinfo,
+    *,
+    variable="shared_mounts_juicefs",
+    fstab_paths=(),
+    space=None,
+    realpath=os.path.realpath,
 ):
     """(mounts, problems): the wanted volumes, normalised, and every problem as a sentence naming the
     variable. meta_urls[i] is items[i]'s metadata engine URL (kept apart: it is a secret)."""
@@ -269,13 +371,14 @@ def check_mounts(
             continue
         entry = _Entry(item, defaults or {}, variable, index)
         url = meta_urls[index] if index < len(meta_urls) else None
-        mount = _check_mount(entry, url, mountinfo, fstab_paths, space)
+        mount = _check_mount(entry, url, mountinfo, fstab_paths, space, realpath=realpath)
         problems += entry.problems
         if mount is not None and not entry.problems:
             mounts.append(mount)
     for field, what in (("path", "one mount per path"), ("name", "one mount of a volume per node")):
         seen = {}
-        for mount in mounts:
+        # An absent entry may name the volume a present one mounts elsewhere now (a move).
+        for mount in mounts if field == "path" else [m for m in mounts if m["state"] == "present"]:
             if mount[field] in seen:
                 problems.append(f"{mount['where']}: {field} {mount[field]} is also {seen[mount[field]]}'s; {what}")
             seen.setdefault(mount[field], mount["where"].split(" ")[0])
@@ -289,13 +392,13 @@ def check_mounts(
     return mounts, problems
 
 
-def _check_cache(entry, mountinfo, space):
+def _check_cache(entry, mountinfo, space, realpath):
     """(cache_dir, cache_size_mib) of a present mount; problems go to the entry."""
     cache_dir = entry.item.get("cache_dir")
     if not isinstance(cache_dir, str):
         entry.problem("cache_dir is missing: give a directory on the local NVMe volume, such as /scratch/juicefs")
     else:
-        reason = cache_problem(cache_dir, mountinfo, space)
+        reason = cache_problem(cache_dir, mountinfo, space, realpath)
         if reason:
             entry.problem(reason)
     size = _whole(entry.value("cache_size_mib"))
@@ -314,7 +417,7 @@ def _check_cache(entry, mountinfo, space):
     return cache_dir, size
 
 
-def _check_mount(entry, url, mountinfo, fstab_paths, space):
+def _check_mount(entry, url, mountinfo, fstab_paths, space, *, realpath):
     item = entry.item
     unknown = sorted(map(str, set(item) - set(FIELDS)))
     if unknown:
@@ -337,7 +440,7 @@ def _check_mount(entry, url, mountinfo, fstab_paths, space):
     reason = check_meta_url(url)
     if reason:
         entry.problem(reason)
-    cache_dir, size = _check_cache(entry, mountinfo, space)
+    cache_dir, size = _check_cache(entry, mountinfo, space, realpath)
     options = entry.options()
     if entry.problems:
         return None
@@ -428,7 +531,15 @@ class Node:
 
     def units(self):
         try:
-            return sorted(n for n in os.listdir(self.paths.unit_dir) if n.startswith("hpc-juicefs-"))
+            return sorted(
+                n for n in os.listdir(self.paths.unit_dir) if n.startswith("hpc-juicefs-") and n.endswith(".service")
+            )
+        except FileNotFoundError:
+            return []
+
+    def envs(self):
+        try:
+            return sorted(n for n in os.listdir(self.paths.env_dir) if n.endswith(".env"))
         except FileNotFoundError:
             return []
 
@@ -474,7 +585,9 @@ def plan(mounts, node, binary):
         "pending": [],
         "mounts": [],
         "problems": [],
+        "notes": [],
     }
+    present = {m["name"] for m in mounts if m["state"] == "present"}
     for mount in mounts:
         unit = unit_name(mount["path"])
         entry = _top(node.at(mount["path"]))
@@ -484,7 +597,7 @@ def plan(mounts, node, binary):
         out["mounts"].append(status)
         mark = node.mark(unit)
         if mount["state"] == "absent":
-            _absent(out, node, mount, unit, ours, mark=mark)
+            _absent(out, node, mount, unit, ours, mark=mark, keep_env=mount["name"] in present)
             continue
         if entry is not None and ours is None:
             out["problems"].append(
@@ -508,7 +621,29 @@ def plan(mounts, node, binary):
         status["drift"] = reasons
         if reasons:
             _cycle(out, node, mount, unit, ours, why="; ".join(reasons), then_start=True)
+    out["notes"] = _unowned(mounts, node)
     return out
+
+
+def _unowned(mounts, node):
+    """Units and environment files of this role that no listed mount owns (a volume moved or renamed
+    without its old entry set absent). Reported, never removed: the unit may still run a mounted volume,
+    and stopping that is a decision for an inventory entry with state absent."""
+    units = {unit_name(m["path"]) for m in mounts}
+    envs = {f"{m['name']}.env" for m in mounts}
+    notes = [
+        f"{os.path.join(node.paths.unit_dir, name)} is no listed mount's; list its path with state: absent to "
+        "unmount it and remove it"
+        for name in node.units()
+        if name not in units
+    ]
+    notes += [
+        f"{os.path.join(node.paths.env_dir, name)} (root only) is no listed mount's; list its volume name with "
+        "state: absent to remove it"
+        for name in node.envs()
+        if name not in envs
+    ]
+    return notes
 
 
 def _persist(out, node, mount, unit, binary):
@@ -532,7 +667,7 @@ def _persist(out, node, mount, unit, binary):
     return reasons
 
 
-def _absent(out, node, mount, unit, ours, *, mark):
+def _absent(out, node, mount, unit, ours, *, mark, keep_env):
     text = node.unit(unit)
     if text is not None:
         if node.linked(unit):
@@ -540,7 +675,7 @@ def _absent(out, node, mount, unit, ours, *, mark):
         out["files"].append({"path": os.path.join(node.paths.unit_dir, unit), "before": text, "after": None})
     env = env_file(node.paths, mount["name"])
     current = node.env(env)[0]
-    if current is not None:
+    if current is not None and not keep_env:  # kept where the volume moved: a present entry owns it now
         out["files"].append({"path": env, "before": current, "after": None, "secret": True})
     if ours is not None:
         _cycle(out, node, mount, unit, ours, why="state: absent", then_start=False)
@@ -718,14 +853,12 @@ class Applier:
             if self.clock() >= deadline:
                 break
             self.sleep(0.5)
-        rc, out, _ = self.runner(
-            ["journalctl", "--unit", step["unit"], "--lines", "5", "--no-pager", "--output", "cat"]
-        )
-        journal = " | ".join(line.strip() for line in out.splitlines() if line.strip()) if rc == 0 else ""
+        # The journal's lines are not copied here: the client logs a URL it cannot parse with its password
+        # percent-encoded (1.4.2: "parse url postgres://u:s3cret%21@..."), which no_log's masking misses.
         raise ApplyError(
             f"{step['path']}: {step['unit']} started, and {wanted} was not mounted there within {self.wait} s "
-            "(metadata engine or object store unreachable, or the volume not formatted?)"
-            + (f"; journal: {journal}" if journal else "")
+            "(metadata engine or object store unreachable, or the volume not formatted?); on the node, "
+            f"journalctl -u {step['unit']} tells why (it may show the metadata engine's password)"
         )
 
 

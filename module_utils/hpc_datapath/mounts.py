@@ -677,6 +677,48 @@ def _check_mount(entry, resolver, rdma, fstab_paths):
     return mount
 
 
+def elsewhere_mounts(elsewhere):
+    """The groups of another module's lists, {variable: [[path, state], ...]} (paths only, no secret), as
+    overlap_problems takes them: [(variable, [(where, path), ...])] of the present ones with a usable path
+    (a bad one is the other module's to report)."""
+    groups = []
+    for variable, pairs in sorted((elsewhere or {}).items()):
+        present = []
+        for index, pair in enumerate(pairs if isinstance(pairs, list) else []):
+            path, state = ([*list(pair), None, None])[:2] if isinstance(pair, (list, tuple)) else (None, None)
+            if isinstance(path, str) and check_path(path) is None and state in (None, "present"):
+                present.append((f"{variable}[{index}] ({path})", path))
+        groups.append((variable, present))
+    return groups
+
+
+def overlap_problems(groups, involving=None):
+    """Present mounts of every list (NFS, CPFS, JuiceFS) whose paths are equal or nested: a mount over or
+    inside another hides what is below it, and ties the two together at every mount, unmount and boot.
+    groups: [(group, [(where, path), ...])]; an equal path within one group is that group's own check's to
+    report. involving: report only pairs with a mount of that group."""
+    flat = [(group, where, path) for group, entries in groups for where, path in entries]
+    problems = []
+    for position, (group_a, where_a, path_a) in enumerate(flat):
+        for group_b, where_b, path_b in flat[position + 1 :]:
+            if involving is not None and involving not in (group_a, group_b):
+                continue
+            if path_a == path_b:
+                if group_a != group_b:
+                    problems.append(f"{where_b}: path {path_b} is also {where_a.split(' ')[0]}'s; one mount per path")
+                continue
+            if _under(path_b, path_a) or _under(path_a, path_b):
+                (inner, inner_path), (outer, outer_path) = sorted(
+                    ((where_a, path_a), (where_b, path_b)), key=lambda pair: -len(pair[1])
+                )
+                problems.append(
+                    f"{inner}: path {inner_path} lies inside {outer.split(' ')[0]}'s mount {outer_path}: one would "
+                    "hide the other's files, and each unmount and boot would wait on both; give each mount a "
+                    "directory of its own, neither inside the other"
+                )
+    return problems
+
+
 def _check_shared_clients(mounts):
     """The kernel keeps one nfs_client (its connections) per server address, protocol, version and
     port, for every mount that reaches that server: nconnect and max_connect are the first mount's

@@ -130,3 +130,13 @@ def test_a_changed_client_reports_a_reboot_and_an_unchanged_one_nothing():
         "lustre, lnet); the role neither restarts the client nor reloads modules"
     )
     assert "none loaded now" in cpfs.reboot_report("cpfs-client", "1.2.1", True, [])
+
+
+def test_the_client_version_is_checked_only_where_a_posix_mount_is_present():
+    present, absent = [{"state": "present"}], [{"state": "absent"}]
+    assert cpfs.client_version_problems("", absent) == []
+    assert cpfs.client_version_problems("1.2.1-3~deb12", present) == []
+    assert cpfs.client_version_problems(None, present)[0].endswith(
+        "installs only at a pinned version of the CPFS client package; set it"
+    )
+    assert "is not a package version" in cpfs.client_version_problems("1.2.1\n", present)[0]

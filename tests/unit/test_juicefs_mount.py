@@ -16,8 +16,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 from ansible.module_utils.hpc_datapath import juicefs, mounts
 from ansible.module_utils.testing import patch_module_args
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import Templar, trust_as_template
 from conftest import ROOT, _load
 
 juicefs_mount = _load("juicefs_mount", ROOT / "library" / "juicefs_mount.py")
@@ -36,10 +39,18 @@ def info(*lines):
     return mounts.parse_mountinfo("\n".join(lines or (LINE_ROOT, LINE_SCRATCH)))
 
 
-def check(items, urls=None, defaults=None, mountinfo=None, space=lambda path: 3500 * GIB):
+def check(
+    items, urls=None, defaults=None, mountinfo=None, *, space=lambda path: 3500 * GIB, realpath=lambda path: path
+):
     urls = [META] * len(items) if urls is None else urls
     return juicefs.check_mounts(
-        items, urls, dict(DEFAULTS, **(defaults or {})), mountinfo or info(), fstab_paths=set(), space=space
+        items,
+        urls,
+        dict(DEFAULTS, **(defaults or {})),
+        mountinfo or info(),
+        fstab_paths=set(),
+        space=space,
+        realpath=realpath,
     )
 
 
@@ -123,7 +134,17 @@ def test_a_bad_default_names_the_role_variable():
         ("", "meta_url is missing"),
         (f"http://:{SECRET}@10.10.0.2/1", "meta_url is not a metadata engine URL"),
         (f"redis://:{SECRET} x@10.10.0.2/1", "meta_url holds a blank or control character (the value is not shown)"),
-        ("redis://:%0Apw@10.10.0.2/1", "meta_url holds a blank or control character"),
+        ("redis://:%0Apw@10.10.0.2/1", "meta_url's password holds a control character"),
+        (
+            f"postgres://jfs@10.10.0.2/jfs?sslmode=disable&PassWord={SECRET}",
+            "meta_url holds a password in its query (password=...), which would stand on the client's command line",
+        ),
+        (f"etcd://root:{SECRET}@10.10.0.2:2379/jfs", "meta_url holds a password (user:password@) for etcd"),
+        (f"tikv://:{SECRET}@10.10.0.2:2379/jfs", "meta_url holds a password (user:password@) for tikv"),
+        (f"postgres://jfs:{SECRET}@10.10.0.2:54x2/jfs", "meta_url's host part is not a host name or address"),
+        (f"postgres://jfs:{SECRET}@10.10.0.2:70000/jfs", "with an optional port from 1 to 65535"),
+        (f"mysql://jfs:{SECRET}@10.10.0.2:3306/jfs", "meta_url's host part is not (host:port) or unix(/socket)"),
+        (f"mysql://jfs:{SECRET}@(10.10.0.2:0)/jfs", "meta_url's host part is not a host name"),
     ],
 )
 def test_a_bad_meta_url_is_refused_without_showing_it(url, message):
@@ -141,6 +162,17 @@ def test_a_cache_on_a_network_or_memory_file_system_is_refused():
     refused([JFS], "cache_dir /scratch/juicefs is on tmpfs", mountinfo=info(LINE_ROOT, tmpfs))
 
 
+def test_a_cache_dir_through_a_symbolic_link_is_refused():
+    """/scratch/juicefs -> /var/cache/jfs would put the cache on the root disk behind a check that saw /scratch."""
+    refused(
+        [JFS],
+        "shared_mounts_juicefs[0] (/shared/jfs): cache_dir /scratch/juicefs is or passes through a symbolic link (to "
+        "/var/cache/jfs): the cache would land where the link points",
+        realpath=lambda path: path.replace("/scratch/juicefs", "/var/cache/jfs"),
+    )
+    assert juicefs.cache_problem("/scratch/juicefs", info(), None, realpath=lambda path: path) is None
+
+
 def test_two_mounts_of_one_path_or_one_volume_and_a_cache_inside_a_mount():
     refused(
         [JFS, dict(JFS, name="other")],
@@ -151,6 +183,12 @@ def test_two_mounts_of_one_path_or_one_volume_and_a_cache_inside_a_mount():
         [JFS, dict(JFS, path="/shared/jfs2")],
         "name datasets is also shared_mounts_juicefs[0]'s; one mount of a volume per node",
     )
+
+
+def test_an_absent_entry_may_name_the_volume_a_present_one_mounts_elsewhere():
+    found, problems = check([dict(JFS, state="absent"), dict(JFS, path="/shared/jfs2")], urls=["", META])
+    assert problems == []
+    assert [m["state"] for m in found] == ["absent", "present"]
 
 
 def test_every_problem_is_reported_at_once_and_absent_needs_only_name_and_path():
@@ -181,12 +219,44 @@ def test_options_are_passed_on_defaults_first_and_a_later_flag_wins():
         ("redis://10.10.0.2:6379/1", "redis://10.10.0.2:6379/1", None),
         ("redis://:@10.10.0.2:6379/1", "redis://:@10.10.0.2:6379/1", None),
         ("postgres://jfs:pw@db:5432/jfs?sslmode=disable", "postgres://jfs@db:5432/jfs?sslmode=disable", "pw"),
-        ("mysql://jfs:p%41w@(db:3306)/jfs", "mysql://jfs@(db:3306)/jfs", "p%41w"),
+        # juicefs decodes a mysql password too (the 1.4.2 client logged in with p@ss for p%40ss)
+        ("mysql://jfs:p%40ss@(db:3306)/jfs", "mysql://jfs@(db:3306)/jfs", "p@ss"),
         ("sqlite3:///var/lib/jfs/meta.db", "sqlite3:///var/lib/jfs/meta.db", None),
+        # an @ after the host (in the query, the path) stays where it is
+        ("postgres://u:pw@h/db?application_name=a@b", "postgres://u@h/db?application_name=a@b", "pw"),
+        ("redis://:pw@h:6379/1#a@b", "redis://h:6379/1#a@b", "pw"),
+        ("mysql://u:p@w@(h:3306)/db?x=a@b", "mysql://u@(h:3306)/db?x=a@b", "p@w"),
+        ("mysql://u:pw@unix(/run/my/sock)/db", "mysql://u@unix(/run/my/sock)/db", "pw"),
+        ("redis://:a%20b@h:6379/1", "redis://h:6379/1", "a b"),
     ],
 )
 def test_the_password_moves_out_of_the_url(url, plain, password):
     assert juicefs.split_meta_url(url) == (plain, password)
+    assert juicefs.check_meta_url(url) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:a%20b@10.10.0.2:6379/1",
+        "postgres://jfs:pw@db1:5432,db2:5433/jfs?sslmode=disable",
+        "postgres://jfs:pw@[fd00::2]:5432/jfs",
+        "postgres://jfs:pw@/jfs?host=/run/postgresql",
+        "mysql://jfs:pw@tcp(db:3306)/jfs",
+        "mysql://jfs:pw@/jfs",
+        "tikv://10.0.0.1:2379,10.0.0.2:2379/jfs",
+        "etcd://10.0.0.1:2379/jfs",
+        "badger:///var/lib/jfs/badger",
+    ],
+)
+def test_good_meta_urls_pass(url):
+    assert juicefs.check_meta_url(url) is None
+
+
+def test_a_blank_percent_encoded_in_the_password_is_kept_in_quotes():
+    mount = one()
+    mount.update(zip(("meta_url", "password"), juicefs.split_meta_url("redis://:a%20b@h:6379/1"), strict=True))
+    assert 'META_PASSWORD="a b"' in juicefs.render_env(mount)
 
 
 def one(**fields):
@@ -273,6 +343,7 @@ class FakeNode:
         self.next_id = 200
         self.calls = []
         self.down = False  # the metadata engine does not answer: the client never mounts
+        self.journal = "juicefs[812]: <FATAL>: Meta: connection refused\n"
         self.save()
 
     def save(self):
@@ -312,7 +383,7 @@ class FakeNode:
     def __call__(self, argv):
         self.calls.append(argv)
         if argv[0] == "journalctl":
-            return 0, "juicefs[812]: <FATAL>: Meta: connection refused\n", ""
+            return 0, self.journal, ""
         if argv[0] == "umount":
             found = self.at(argv[1])
             if not found:
@@ -404,14 +475,19 @@ def test_a_new_mount_is_written_root_only_enabled_and_mounted_and_a_second_run_c
     assert not juicefs.changes(plan_only(node, [JFS]))
 
 
-def test_a_client_that_does_not_mount_fails_the_run_with_the_journal(node):
+def test_a_client_that_does_not_mount_fails_the_run_naming_its_journal_without_copying_it(node):
+    """juicefs 1.4.2 logs a URL it cannot parse with the password percent-encoded, which no_log's masking
+    of the URL misses: the message names the command to read the journal and copies none of it."""
     node.down = True
-    with pytest.raises(
-        juicefs.ApplyError,
-        match=r"JuiceFS:datasets was not mounted there within 60 s .*journal: "
-        r"juicefs\[812\]: <FATAL>: Meta: connection refused",
-    ):
+    node.journal = "juicefs[812]: <FATAL>: parse url postgres://u:s3cret%21@db:5x/jfs: invalid port\n"
+    with pytest.raises(juicefs.ApplyError) as raised:
         converge(node, [JFS])
+    message = str(raised.value)
+    assert "JuiceFS:datasets was not mounted there within 60 s" in message
+    assert message.endswith(f"journalctl -u {UNIT} tells why (it may show the metadata engine's password)")
+    assert "s3cret" not in message
+    assert "FATAL" not in message
+    assert not [argv for argv in node.calls if argv[0] == "journalctl"]
 
 
 def test_a_changed_option_restarts_a_mount_nothing_holds(node):
@@ -522,6 +598,37 @@ def test_absent_while_held_removes_the_persistence_and_leaves_the_unmount_pendin
     assert drift == []
 
 
+def test_a_volume_moves_with_its_old_entry_absent_and_keeps_its_environment_file(node):
+    converge(node, [JFS])
+    moved = dict(JFS, path="/shared/jfs2")
+    planned, _applier, drift = converge(node, [dict(JFS, state="absent"), moved])
+    assert drift == []
+    assert planned["notes"] == []
+    assert node.at("/shared/jfs") == []
+    assert node.at("/shared/jfs2")[0]["source"] == "JuiceFS:datasets"
+    assert node.unit(UNIT) is None
+    env = Path(node.paths.env_dir) / "datasets.env"
+    assert SECRET in env.read_text()
+    assert not juicefs.changes(plan_only(node, [dict(JFS, state="absent"), moved]))
+
+
+def test_units_and_environment_files_no_listed_mount_owns_are_reported_not_stopped(node):
+    converge(node, [JFS])
+    node.calls.clear()
+    planned, _applier, drift = converge(node, [dict(JFS, name="renamed", path="/shared/jfs2")])
+    assert drift == []
+    assert planned["notes"] == [
+        f"{node.paths.unit_dir}/{UNIT} is no listed mount's; list its path with state: absent to unmount it and "
+        "remove it",
+        f"{node.paths.env_dir}/datasets.env (root only) is no listed mount's; list its volume name with state: "
+        "absent to remove it",
+    ]
+    assert node.at("/shared/jfs")[0]["source"] == "JuiceFS:datasets"  # still mounted, nobody stopped it
+    assert node.unit(UNIT) is not None
+    assert (Path(node.paths.env_dir) / "datasets.env").exists()
+    assert not [argv for argv in node.calls if "stop" in argv or "umount" in argv]
+
+
 def test_a_local_file_system_at_the_path_is_never_hidden(node):
     node.add("/shared/jfs", "/dev/nvme0n1p1", fstype="ext4")
     planned = plan_only(node, [JFS])
@@ -544,7 +651,7 @@ def test_a_wrong_mode_of_the_environment_file_is_put_right_without_a_remount(nod
 # --- the module ------------------------------------------------------------------------------------------
 
 
-def module_run(node, monkeypatch, items, *, urls=None, check_mode=False, version="1.4.2", fuse=True):
+def module_run(node, monkeypatch, items, *, urls=None, check_mode=False, version="1.4.2", fuse=True, elsewhere=None):
     monkeypatch.setattr(juicefs_mount, "installed_version", lambda module, binary: version)
     module = types.SimpleNamespace(
         params={
@@ -554,6 +661,7 @@ def module_run(node, monkeypatch, items, *, urls=None, check_mode=False, version
             "binary": BINARY,
             "version": "1.4.2",
             "variable": "shared_mounts_juicefs",
+            "elsewhere": elsewhere or {},
         },
         check_mode=check_mode,
         _diff=True,
@@ -600,6 +708,71 @@ def test_without_the_pinned_client_or_fuse_it_says_so_and_changes_nothing(node, 
     assert (result["changed"], result["actions"], node.calls) == (False, [], [])
     result = module_run(node, monkeypatch, [JFS], version=version, fuse=fuse, check_mode=True)
     assert result["changed"] is True  # the plan, as if they were there
+
+
+def test_a_path_equal_to_or_nested_with_an_nfs_cpfs_or_juicefs_one_is_refused(node, monkeypatch):
+    result = module_run(
+        node,
+        monkeypatch,
+        [JFS, dict(JFS, name="inner", path="/shared/jfs/inner")],
+        elsewhere={
+            "shared_mounts_nfs": [["/shared", "present"], ["/shared/nfs", "present"]],
+            "shared_mounts_cpfs": [["/shared/jfs", "absent"], ["/shared/jfs", "present"]],
+        },
+    )
+    nested = (
+        ": one would hide the other's files, and each unmount and boot would wait on both; give each mount a "
+        "directory of its own, neither inside the other"
+    )
+    assert result["problems"] == [
+        f"shared_mounts_juicefs[1] (/shared/jfs/inner): path /shared/jfs/inner lies inside shared_mounts_juicefs[0]'s "
+        f"mount /shared/jfs{nested}",
+        "shared_mounts_cpfs[1] (/shared/jfs): path /shared/jfs is also shared_mounts_juicefs[0]'s; one mount per path",
+        f"shared_mounts_juicefs[0] (/shared/jfs): path /shared/jfs lies inside shared_mounts_nfs[0]'s mount /shared"
+        f"{nested}",
+        f"shared_mounts_juicefs[1] (/shared/jfs/inner): path /shared/jfs/inner lies inside shared_mounts_cpfs[1]'s "
+        f"mount /shared/jfs{nested}",
+        f"shared_mounts_juicefs[1] (/shared/jfs/inner): path /shared/jfs/inner lies inside shared_mounts_nfs[0]'s "
+        f"mount /shared{nested}",
+    ]
+    assert node.calls == []
+
+
+@pytest.mark.parametrize("content", [b"\x7fELF\x02\x01\x01" + b"\0" * 9 + b"\x02\0\xb7\0", b"\x7fELF\x02"])
+def test_a_client_that_cannot_execute_is_missing_not_a_failed_run(tmp_path, monkeypatch, content):
+    """A binary of another architecture (aarch64 ELF header) or a truncated one: exec fails with ENOEXEC."""
+    binary = tmp_path / "juicefs"
+    binary.write_bytes(content)
+    binary.chmod(0o755)
+    with patch_module_args({"mounts": [], "binary": str(binary), "version": "1.4.2"}):
+        module = juicefs_mount.AnsibleModule(argument_spec={"mounts": {"type": "list"}, "binary": {}, "version": {}})
+    assert juicefs_mount.installed_version(module, str(binary)) is None
+
+
+def test_the_role_passes_an_item_that_is_not_a_mapping_on_for_the_module_to_refuse(node, monkeypatch, capsys):
+    """vars/main.yml strips meta_url from each mapping and keeps any other item, so that the module, not a
+    Jinja error, says which item is wrong; the module takes any element."""
+    text = yaml.safe_load((ROOT / "roles" / "shared_mounts" / "vars" / "main.yml").read_text())
+    items = [dict(JFS, meta_url=META), "datasets:/shared/jfs", 7]
+    stripped = Templar(loader=DataLoader(), variables={"shared_mounts_juicefs": items}).template(
+        trust_as_template(text["__shared_mounts_juicefs_mounts"])
+    )
+    assert stripped == [JFS, "datasets:/shared/jfs", 7]
+    monkeypatch.setattr(juicefs_mount, "JuicePaths", lambda: node.paths)
+    args = {
+        "mounts": stripped,
+        "meta_urls": [META, "", ""],
+        "defaults": DEFAULTS,
+        "binary": BINARY,
+        "version": "1.4.2",
+    }
+    with patch_module_args(args), pytest.raises(SystemExit):
+        juicefs_mount.main()
+    result = json.loads(capsys.readouterr().out)
+    assert result["problems"] == [
+        "shared_mounts_juicefs[1]: is not a mapping with name, path, meta_url and cache_dir",
+        "shared_mounts_juicefs[2]: is not a mapping with name, path, meta_url and cache_dir",
+    ]
 
 
 def test_absent_needs_no_client(node, monkeypatch):

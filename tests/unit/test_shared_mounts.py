@@ -1033,7 +1033,9 @@ def test_unreadable_mountinfo_stops_the_run(tmp_path):
 # --- the module ---------------------------------------------------------------------------------
 
 
-def module_run(node, monkeypatch, items, *, check_mode=False, defaults=None, mount_nfs=True, cpfs=()):
+def module_run(
+    node, monkeypatch, items, *, check_mode=False, defaults=None, mount_nfs=True, cpfs=(), elsewhere=None, version=None
+):
     monkeypatch.setattr(shared_mount, "resolve", resolver)
     module = types.SimpleNamespace(
         params={
@@ -1041,6 +1043,8 @@ def module_run(node, monkeypatch, items, *, check_mode=False, defaults=None, mou
             "defaults": dict(DEFAULTS, **(defaults or {})),
             "variable": "shared_mounts_nfs",
             "cpfs": list(cpfs),
+            "elsewhere": elsewhere or {},
+            "cpfs_client_version": version,
         },
         check_mode=check_mode,
         _diff=True,
@@ -1165,3 +1169,68 @@ def test_the_posix_mounts_come_back_with_the_clients_config(node, monkeypatch):
     assert result["cpfs_posix"][0]["servers"] == ["10.0.0.5", "10.0.0.6"]
     assert result["cpfs_config"].splitlines()[1] == "10.0.0.5@tcp:10.0.0.6@tcp:/hpctest\t/shared/cpfs"
     assert node.calls == []  # the module mounts none of them: the CPFS client does
+
+
+def test_paths_equal_or_nested_across_nfs_cpfs_and_juicefs_are_refused_before_any_mount(node, monkeypatch):
+    """One check on every call, also without a CPFS NFS mount: the JuiceFS paths come as paths only."""
+    posix = {"path": "/shared/data/cpfs", "client": "posix", "server": "10.0.0.5", "fs_id": "hpctest"}
+    result = module_run(
+        node,
+        monkeypatch,
+        [DATA, dict(DATA, path="/shared/data/inner"), dict(DATA, path="/shared/old", state="absent")],
+        cpfs=[posix],
+        elsewhere={
+            "shared_mounts_juicefs": [["/shared", "present"], ["/shared/old", "absent"], ["/shared/jfs", "present"]]
+        },
+    )
+    assert result["problems"] == [
+        "shared_mounts_nfs[1] (/shared/data/inner): path /shared/data/inner lies inside shared_mounts_nfs[0]'s "
+        "mount /shared/data: one would hide the other's files, and each unmount and boot would wait on both; give "
+        "each mount a directory of its own, neither inside the other",
+        "shared_mounts_cpfs[0] (/shared/data/cpfs): path /shared/data/cpfs lies inside shared_mounts_nfs[0]'s "
+        "mount /shared/data: one would hide the other's files, and each unmount and boot would wait on both; give "
+        "each mount a directory of its own, neither inside the other",
+        "shared_mounts_nfs[0] (/shared/data): path /shared/data lies inside shared_mounts_juicefs[0]'s mount "
+        "/shared: one would hide the other's files, and each unmount and boot would wait on both; give each mount "
+        "a directory of its own, neither inside the other",
+        "shared_mounts_nfs[1] (/shared/data/inner): path /shared/data/inner lies inside shared_mounts_juicefs[0]'s "
+        "mount /shared: one would hide the other's files, and each unmount and boot would wait on both; give each "
+        "mount a directory of its own, neither inside the other",
+        "shared_mounts_cpfs[0] (/shared/data/cpfs): path /shared/data/cpfs lies inside shared_mounts_juicefs[0]'s "
+        "mount /shared: one would hide the other's files, and each unmount and boot would wait on both; give each "
+        "mount a directory of its own, neither inside the other",
+        "shared_mounts_juicefs[2] (/shared/jfs): path /shared/jfs lies inside shared_mounts_juicefs[0]'s mount "
+        "/shared: one would hide the other's files, and each unmount and boot would wait on both; give each mount "
+        "a directory of its own, neither inside the other",
+    ]
+    assert node.calls == []
+    assert not list(Path(node.paths.unit_dir).glob("*.mount"))
+
+
+def test_a_juicefs_path_equal_to_an_nfs_one_is_refused_by_the_nfs_call(node, monkeypatch):
+    result = module_run(node, monkeypatch, [DATA], elsewhere={"shared_mounts_juicefs": [["/shared/data", "present"]]})
+    assert result["problems"] == [
+        "shared_mounts_juicefs[0] (/shared/data): path /shared/data is also shared_mounts_nfs[0]'s; one mount per path"
+    ]
+    assert node.calls == []
+    ok = module_run(node, monkeypatch, [DATA], elsewhere={"shared_mounts_juicefs": [[None, "present"], ["x", None]]})
+    assert ok["problems"] == []  # a bad JuiceFS path is the JuiceFS module's to refuse
+
+
+@pytest.mark.parametrize(
+    ("version", "reason"),
+    [
+        ("", "the CPFS POSIX client installs only at a pinned version of the CPFS client package; set it"),
+        ("1.2.1\nPin: release *", "'1.2.1\\nPin: release *' is not a package version (one word of"),
+        ("latest", "'latest' is not a package version"),
+    ],
+)
+def test_a_bad_cpfs_client_version_is_refused_by_the_first_call_before_any_mount(node, monkeypatch, version, reason):
+    posix = {"path": "/shared/cpfs", "client": "posix", "server": "10.0.0.5", "fs_id": "hpctest"}
+    result = module_run(node, monkeypatch, [DATA], cpfs=[posix], version=version)
+    assert len(result["problems"]) == 1
+    assert result["problems"][0].startswith(f"shared_mounts_cpfs_client_version: {reason}")
+    assert node.calls == []
+    assert not list(Path(node.paths.unit_dir).glob("*.mount"))
+    fine = module_run(node, monkeypatch, [], cpfs=[dict(posix, state="absent")], version="")
+    assert fine["problems"] == []  # no present POSIX mount: no client to pin
