@@ -717,13 +717,20 @@ def changes(planned):
 
 def actions(planned):
     """The plan as lines, in the order apply() carries it out (no secret in any)."""
-    lines = [f"systemctl disable {unit}" for unit in planned["disable"]]
+    def cycle(then):
+        return [
+            line
+            for step in planned["unmount"]
+            if step["then"] == then
+            for line in (f"umount {step['path']}  # {step['why']}", f"systemctl {then} {step['unit']}")
+        ]
+
+    lines = cycle("stop") + [f"systemctl stop {unit}" for unit in planned["stop"]]
+    lines += [f"systemctl disable {unit}" for unit in planned["disable"]]
     lines += [f"{'remove' if c['after'] is None else 'write'} {c['path']}" for c in planned["files"]]
     lines += ["systemctl daemon-reload"] if planned["files"] else []
     lines += [f"systemctl enable {unit}" for unit in planned["enable"]]
-    for step in planned["unmount"]:
-        lines += [f"umount {step['path']}  # {step['why']}", f"systemctl {step['then']} {step['unit']}"]
-    lines += [f"systemctl stop {unit}" for unit in planned["stop"]]
+    lines += cycle("restart")
     lines += [f"systemctl restart {s['unit']}  # {s['path']}: {s['why']}" for s in planned["start"]]
     return lines
 
@@ -795,6 +802,14 @@ class Applier:
             self.done.append(f"write {change['path']}")
 
     def apply(self, planned):
+        marks = dict(planned["marks"])
+        # What goes is stopped while its unit is still loaded: systemd cannot stop a unit whose file was
+        # removed and reloaded away ("not loaded"), and its client would stay.
+        for step in (s for s in planned["unmount"] if s["then"] == "stop"):
+            if self.unmount(step, marks):
+                self.run(["systemctl", "stop", step["unit"]], f"{step['path']}: {step['why']}")
+        for unit in planned["stop"]:
+            self.run(["systemctl", "stop", unit], "the mount goes")
         for unit in planned["disable"]:
             self.run(["systemctl", "disable", unit], "the mount goes")
         for change in planned["files"]:
@@ -803,16 +818,9 @@ class Applier:
             self.run(["systemctl", "daemon-reload"], "unit files changed")
         for unit in planned["enable"]:
             self.run(["systemctl", "enable", unit], "mounted at every boot")
-        marks = dict(planned["marks"])
-        for step in planned["unmount"]:
-            if not self.unmount(step, marks):
-                continue
-            if step["then"] == "restart":
+        for step in (s for s in planned["unmount"] if s["then"] == "restart"):
+            if self.unmount(step, marks):
                 self.start(step)
-            else:
-                self.run(["systemctl", "stop", step["unit"]], f"{step['path']}: {step['why']}")
-        for unit in planned["stop"]:
-            self.run(["systemctl", "stop", unit], "the mount goes")
         for step in planned["start"]:
             self.start(step)
         self.marks(planned["unmarks"], marks)
