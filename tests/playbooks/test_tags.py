@@ -22,7 +22,7 @@ IPAM_OWNERS = {"roce_ipam", "play: " + yaml.safe_load((ROOT / "playbooks" / "ipa
 # Ansible prepends a check of a role's arguments to the role and tags it `always`: it runs
 # whatever the tags, reading variables only, never a node.
 VALIDATION = re.compile(r"Validating arguments against arg spec ")
-CAPABILITIES = ["preflight", "nvme", "bond", "rdma", "roce", "ipam", "sriov"]
+CAPABILITIES = ["preflight", "nvme", "bond", "rdma", "roce", "ipam", "sriov", "shared_mounts"]
 TASK = re.compile(r"^ {6}(?P<name>.*?)\tTAGS: \[(?P<tags>[^\]]*)\]$")
 PLAY = re.compile(r"^  play #\d+ \([^)]*\): (?P<name>.*?)\tTAGS: ")
 
@@ -55,6 +55,8 @@ def listed(*args):
         # The rails read the addresses that the IPAM play allocates in the same run.
         ("roce", {"preflight", IPAM, "roce", "network_change"}),
         ("ipam", {"preflight", IPAM}),
+        ("sriov", {"preflight", "sriov"}),
+        ("shared_mounts", {"preflight", "shared_mounts"}),
     ],
 )
 def test_a_tag_runs_preflight_and_its_own_part_only(tag, expected):
