@@ -717,6 +717,7 @@ def changes(planned):
 
 def actions(planned):
     """The plan as lines, in the order apply() carries it out (no secret in any)."""
+
     def cycle(then):
         return [
             line
