@@ -138,7 +138,6 @@ from ansible.module_utils.hpc_datapath.juicefs import (
     ApplyError,
     JuicePaths,
     Node,
-    StateError,
     actions,
     changes,
     check_mounts,
@@ -148,7 +147,7 @@ from ansible.module_utils.hpc_datapath.juicefs import (
     plan,
     verify,
 )
-from ansible.module_utils.hpc_datapath.mounts import elsewhere_mounts, overlap_problems
+from ansible.module_utils.hpc_datapath.mounts import elsewhere_mounts, finish, overlap_problems
 
 
 def space(path):
@@ -251,15 +250,7 @@ def main():
         "actions": [],
         "notes": [],
     }
-    try:
-        run(module, JuicePaths(), result)
-    except (StateError, ApplyError) as error:
-        result["ansible_facts"] = {"shared_mounts_juicefs_pending": result["pending"]}
-        module.fail_json(msg=str(error), **result)
-    result["ansible_facts"] = {"shared_mounts_juicefs_pending": result["pending"]}
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+    finish(module, run, JuicePaths(), result, "shared_mounts_juicefs_pending")
 
 
 if __name__ == "__main__":

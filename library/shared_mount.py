@@ -161,12 +161,12 @@ from ansible.module_utils.hpc_datapath.mounts import (
     ApplyError,
     Node,
     Paths,
-    StateError,
     _check_shared_clients,
     actions,
     changes,
     check_mounts,
     elsewhere_mounts,
+    finish,
     fstab_mount_points,
     overlap_problems,
     plan,
@@ -286,15 +286,7 @@ def main():
         "cpfs_posix": [],
         "cpfs_config": "",
     }
-    try:
-        run(module, Paths(), result)
-    except (StateError, ApplyError) as error:
-        result["ansible_facts"] = {"shared_mounts_pending": result["pending"]}
-        module.fail_json(msg=str(error), **result)
-    result["ansible_facts"] = {"shared_mounts_pending": result["pending"]}
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+    finish(module, run, Paths(), result, "shared_mounts_pending")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from ansible.module_utils.hpc_datapath.mounts import (
     holders,
     parse_mountinfo,
 )
+from ansible.module_utils.hpc_datapath.mounts import Node as MountsNode
 
 FSTYPE = "fuse.juicefs"
 STATES = ("present", "absent")
@@ -513,21 +514,9 @@ def render_unit(mount, binary, paths):
 # --- the node and the plan ----------------------------------------------------------------------------
 
 
-class Node:
-    """The node as the plan sees it: mountinfo, units, environment files and their modes, marks, holders."""
-
-    def __init__(self, paths):
-        self.paths = paths
-        text = _read(paths.mountinfo)
-        if not text:
-            raise StateError(f"{paths.mountinfo} is missing or empty: what is mounted cannot be told")
-        self.mountinfo = parse_mountinfo(text)
-
-    def at(self, path):
-        return [m for m in self.mountinfo if m["path"] == path]
-
-    def unit(self, name):
-        return _read(os.path.join(self.paths.unit_dir, name))
+class Node(MountsNode):
+    """The NFS code's view of the node (mountinfo, unit files, marks, holders), and the JuiceFS units and
+    environment files with their modes."""
 
     def units(self):
         try:
@@ -551,15 +540,8 @@ class Node:
         info = os.stat(path)
         return text, stat.S_IMODE(info.st_mode), info.st_uid
 
-    def linked(self, unit):
-        return os.path.lexists(os.path.join(self.paths.unit_dir, "remote-fs.target.wants", unit))
-
-    def mark(self, unit):
-        text = _read(os.path.join(self.paths.pending_dir, unit))
-        return int(text) if text and text.strip().isdigit() else None
-
-    def holders(self, ids, path):
-        return holders(self.mountinfo, ids, path, self.paths.proc)
+    def linked(self, unit, target="remote-fs.target"):
+        return super().linked(unit, target)
 
 
 def _view(entry):

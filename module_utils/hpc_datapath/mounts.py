@@ -1076,6 +1076,20 @@ def rdma_devices(path):
         raise StateError(f"cannot list {path}: {error.strerror}") from error
 
 
+def finish(module, run, paths, result, fact):
+    """A mount module's whole call: run(module, paths, result), then exit, or fail with what was done so far;
+    either way the pending remounts become the fact named."""
+    try:
+        run(module, paths, result)
+    except (StateError, ApplyError) as error:
+        result["ansible_facts"] = {fact: result["pending"]}
+        module.fail_json(msg=str(error), **result)
+    result["ansible_facts"] = {fact: result["pending"]}
+    if not module._diff:
+        result.pop("diff", None)
+    module.exit_json(**result)
+
+
 class Node:
     """The node as the plan sees it: mountinfo, unit files, their links, pending marks, holders."""
 
