@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from ansible.module_utils.hpc_datapath.mounts import check_path
+from ansible.module_utils.hpc_datapath.mounts import check_path, duplicate_paths
 
 CLIENTS = ("nfs", "posix")
 STATES = ("present", "absent")
@@ -97,14 +97,7 @@ def check_cpfs(items, variable="shared_mounts_cpfs"):
             problems.append(f"{where}: {found}")
         else:
             posix.append(found)
-    seen = {}
-    for mount in posix:
-        if mount["path"] in seen:
-            problems.append(
-                f"{mount['where']}: path {mount['path']} is also {seen[mount['path']]}'s; one mount per path"
-            )
-        seen.setdefault(mount["path"], mount["where"].split(" ")[0])
-    return nfs, posix, problems
+    return nfs, posix, problems + duplicate_paths(posix)
 
 
 def _check_posix(item, where):

@@ -21,10 +21,12 @@ import time
 from urllib.parse import unquote
 
 from ansible.module_utils.hpc_datapath.mounts import (
+    _UINT,
     MARKER,
     ApplyError,
     Paths,
     StateError,
+    _int,
     _read,
     _remove,
     _under,
@@ -64,7 +66,6 @@ CACHE_SIZE_MIN_MIB = 1024  # below 1 GiB a training node's cache thrashes; juice
 CACHE_SIZE_MAX_MIB = 1 << 30  # 1 PiB
 # `juicefs mount` flags an inventory may add (juicefs mount --help, 1.4.2), each with what its
 # value must be; None: a flag without a value.
-_UINT = re.compile(r"[0-9]{1,9}\Z")
 _SIZE = re.compile(r"[0-9]{1,9}[KMGT]?\Z")  # buffer-size: MiB, or with a unit
 _DURATION = re.compile(r"([0-9]{1,6}(\.[0-9]{1,3})?(ms|s|m|h))+\Z")
 _RATIO = re.compile(r"0(\.[0-9]{1,3})?\Z")
@@ -265,16 +266,6 @@ def _option(text):
     return text
 
 
-def _whole(value):
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and _UINT.match(value):
-        return int(value)
-    return None
-
-
 def _top(entries):
     return entries[-1] if entries else None
 
@@ -402,7 +393,7 @@ def _check_cache(entry, mountinfo, space, realpath):
         reason = cache_problem(cache_dir, mountinfo, space, realpath)
         if reason:
             entry.problem(reason)
-    size = _whole(entry.value("cache_size_mib"))
+    size = _int(entry.value("cache_size_mib"))
     if size is None or not CACHE_SIZE_MIN_MIB <= size <= CACHE_SIZE_MAX_MIB:
         entry.problems.append(
             f"{entry.origin('cache_size_mib')}: {entry.value('cache_size_mib')!r} is not a whole number of MiB from "

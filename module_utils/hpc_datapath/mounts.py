@@ -606,6 +606,18 @@ class _Entry:
         return extra
 
 
+def duplicate_paths(mounts):
+    """A problem for each checked mount whose path an earlier one of the same list has."""
+    problems, seen = [], {}
+    for mount in mounts:
+        if mount["path"] in seen:
+            problems.append(
+                f"{mount['where']}: path {mount['path']} is also {seen[mount['path']]}'s; one mount per path"
+            )
+        seen.setdefault(mount["path"], mount["where"].split(" ")[0])
+    return problems
+
+
 def check_mounts(items, defaults, *, variable="shared_mounts_nfs", resolver=resolve, rdma=(), fstab_paths=()):
     """(mounts, problems): the wanted mounts, normalised, and every problem as a sentence naming the
     variable. Nothing on the node is changed; server names are resolved here, on the node, as the
@@ -623,13 +635,7 @@ def check_mounts(items, defaults, *, variable="shared_mounts_nfs", resolver=reso
         problems += entry.problems
         if mount is not None and not entry.problems:
             mounts.append(mount)
-    seen = {}
-    for mount in mounts:
-        if mount["path"] in seen:
-            problems.append(
-                f"{mount['where']}: path {mount['path']} is also {seen[mount['path']]}'s; one mount per path"
-            )
-        seen.setdefault(mount["path"], mount["where"].split(" ")[0])
+    problems += duplicate_paths(mounts)
     problems += _check_shared_clients([m for m in mounts if m["state"] == "present"])
     return mounts, problems
 
