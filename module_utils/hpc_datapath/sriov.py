@@ -39,6 +39,10 @@ MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 VF_SETTINGS = ("mac", "trust", "spoofchk", "vlan", "link_state", "driver")
 # A VF's netdev appears once its driver probed it, and is renamed by udev right after.
 NETDEV_WAIT_SECONDS = 15
+# A VF driver that probes while its PF is still resetting (igb resets the PF as VFs are created)
+# gets no MAC from it, takes a random one and, trusted, hands it to the PF (igbvf). Each VF is read
+# back after its probe and probed again, a second later each time, up to this many times.
+MAC_PROBES = 5
 
 
 class ApplyError(Exception):
@@ -568,11 +572,13 @@ def _apply_vf(runner, pf, vf, info, netdev_facts, *, sys_root):
     """
     arguments = _attribute_changes(pf, vf, info)
     state = vf_state(vf["pci_address"], sys_root)
-    # A bound netdev driver took its MAC when it probed: it must probe again.
-    reload = "mac" in arguments and state["driver"] not in (None, "vfio-pci")
-    busy = in_use(state, netdev_facts) if arguments or _driver_wrong(vf, state) else None
+    # A bound netdev driver took its MAC when it probed: it must probe again, for a new MAC or for
+    # the one it missed (a probe while the PF was resetting).
+    missed = bool(vf["mac"] and state["netdev"]) and _own_mac(vf, state, sys_root) != vf["mac"]
+    reload = ("mac" in arguments or missed) and state["driver"] not in (None, "vfio-pci")
+    busy = in_use(state, netdev_facts) if arguments or reload or _driver_wrong(vf, state) else None
     if busy:
-        wanted = " ".join(arguments) or f"driver {vf['driver']}"
+        wanted = " ".join(arguments) or (f"mac {vf['mac']}" if missed else f"driver {vf['driver']}")
         runner.pending.append(
             f"{pf}: VF {vf['index']} is in use ({busy}) and keeps its settings; it would take {wanted}"
         )
@@ -583,8 +589,7 @@ def _apply_vf(runner, pf, vf, info, netdev_facts, *, sys_root):
             f"VF {vf['index']}: {' '.join(arguments)}",
         )
     if reload:
-        unbind = os.path.join(pci_device(vf["pci_address"], sys_root), "driver/unbind")
-        runner.write(unbind, vf["pci_address"], f"VF {vf['index']}: reload for its MAC")
+        _unbind_for_mac(runner, vf, sys_root)
         state = {**state, "driver": None}
     return _prepare_driver(runner, vf, state, sys_root)
 
@@ -638,29 +643,79 @@ def apply_pf(runner, pf_plan, netdev_facts, sys_root=SYS):
         # The kernel probes a VF of a PF without autoprobe only through driver_override.
         if (created and wanted) or repair:
             runner.write(os.path.join(device, "sriov_drivers_autoprobe"), 1, f"{pf}: VFs probe by themselves again")
-    _probe_and_name(runner, pf_plan["vfs"], to_probe, sys_root)
+    _probe_and_name(runner, pf, pf_plan["vfs"], to_probe, sys_root)
 
 
-def _probe_and_name(runner, vfs, to_probe, sys_root):
-    """Probe the VFs readied for their driver, check that each took it, name each netdev VF."""
+def _probe_and_name(runner, pf, vfs, to_probe, sys_root):
+    """Probe the VFs readied for their driver, check that each took it and its MAC, name each
+    netdev VF."""
     for vf in to_probe:
-        runner.write(os.path.join(sys_root, "bus/pci/drivers_probe"), vf["pci_address"], f"probe {vf['pci_address']}")
+        _probe(runner, vf, sys_root)
     if runner.check_mode:
         return
     for vf in to_probe:
-        state = _wait_for_netdev(vf, sys_root, vf["driver"] == "netdev")
-        if vf["driver"] == "vfio-pci" and state["driver"] != "vfio-pci":
-            raise ApplyError(
-                f"VF {vf['index']} ({vf['pci_address']}) did not bind to vfio-pci (driver: {state['driver']}); "
-                "is the IOMMU on (sriov_iommu)?"
+        state = _probed(vf, sys_root)
+        for attempt in range(1, MAC_PROBES + 1):
+            shown = _mac_shown(runner, pf, vf, state, sys_root)
+            if shown is None:
+                break
+            if attempt == MAC_PROBES:
+                raise ApplyError(
+                    f"{pf}: VF {vf['index']} ({vf['pci_address']}) shows MAC {shown}, not {vf['mac']}, after "
+                    f"{MAC_PROBES} probes; the kernel log says why (dmesg | grep {vf['pci_address']})"
+                )
+            time.sleep(attempt)  # the PF finishes its reset meanwhile
+            runner.change(
+                ["ip", "link", "set", "dev", pf, "vf", str(vf["index"]), "mac", vf["mac"]],
+                f"VF {vf['index']} came up with MAC {shown}: set {vf['mac']} again and probe it again",
             )
-        if vf["driver"] == "netdev" and (state["driver"] in (None, "vfio-pci") or not state["netdev"]):
-            raise ApplyError(
-                f"VF {vf['index']} ({vf['pci_address']}) has no netdev after its probe (driver: {state['driver']})"
-            )
+            _unbind_for_mac(runner, vf, sys_root)
+            _probe(runner, vf, sys_root)
+            state = _probed(vf, sys_root)
     for vf in vfs:
         if vf["driver"] == "netdev":
             _rename(runner, vf, vf_state(vf["pci_address"], sys_root))
+
+
+def _unbind_for_mac(runner, vf, sys_root):
+    unbind = os.path.join(pci_device(vf["pci_address"], sys_root), "driver/unbind")
+    runner.write(unbind, vf["pci_address"], f"VF {vf['index']}: reload for its MAC")
+
+
+def _probe(runner, vf, sys_root):
+    runner.write(os.path.join(sys_root, "bus/pci/drivers_probe"), vf["pci_address"], f"probe {vf['pci_address']}")
+
+
+def _probed(vf, sys_root):
+    """The state of a VF just probed; fails where it did not take the driver it should have."""
+    state = _wait_for_netdev(vf, sys_root, vf["driver"] == "netdev")
+    if vf["driver"] == "vfio-pci" and state["driver"] != "vfio-pci":
+        raise ApplyError(
+            f"VF {vf['index']} ({vf['pci_address']}) did not bind to vfio-pci (driver: {state['driver']}); "
+            "is the IOMMU on (sriov_iommu)?"
+        )
+    if vf["driver"] == "netdev" and (state["driver"] in (None, "vfio-pci") or not state["netdev"]):
+        raise ApplyError(
+            f"VF {vf['index']} ({vf['pci_address']}) has no netdev after its probe (driver: {state['driver']})"
+        )
+    return state
+
+
+def _own_mac(vf, state, sys_root):
+    """The MAC of a VF's netdev here, as its driver has it ("" where it cannot be read)."""
+    return _read(os.path.join(pci_device(vf["pci_address"], sys_root), "net", state["netdev"], "address"), "").lower()
+
+
+def _mac_shown(runner, pf, vf, state, sys_root):
+    """The MAC a netdev VF with a planned one shows instead of it, through its PF or its own netdev
+    ("unreadable" where one cannot be read), or None where both show the plan's."""
+    if vf["driver"] != "netdev" or not vf["mac"]:
+        return None
+    through_pf = (vf_info(runner, pf).get(vf["index"], {}).get("address") or "").lower()
+    for shown in (through_pf, _own_mac(vf, state, sys_root)):
+        if shown != vf["mac"]:
+            return shown or "unreadable"
+    return None
 
 
 def apply_plan(the_plan, runner, netdev_facts=None, sys_root=None):

@@ -21,6 +21,7 @@ sriov_vfs = _load("sriov_vfs", ROOT / "library" / "sriov_vfs.py")
 
 PF1, PF2 = "0000:01:00.0", "0000:02:00.0"  # ens1f0: VFs at offset 128, stride 2; ens2f0: offset 2, stride 1
 MAC0 = "52:54:00:10:00:00"
+RANDOM_MAC = "3a:ca:a0:95:aa:55"  # what igbvf took on a probe while its PF was resetting
 # One VF in `ip -j -d link show` of iproute2 6.1, as a fresh mlx5 VF is.
 VFINFO = {
     "link_type": "ether",
@@ -48,6 +49,9 @@ class Node:
         self.up = set()  # the netdevs that are up
         self.answers = {}  # argv tuple -> (rc, out, err), ahead of what the tree says
         self.calls = []
+        # PCI address -> how many more probes of that VF come while its PF resets: igbvf then gets
+        # no MAC from the PF, takes a random one and, the VF trusted, hands it to the PF.
+        self.probes_in_reset = {}
         (self.sys / "bus" / "pci" / "drivers").mkdir(parents=True)
         write(self.sys / "class" / "net" / "eno1" / "address", "52:54:00:00:00:01")  # no SR-IOV
 
@@ -84,14 +88,23 @@ class Node:
         if driver:
             (self.sys / "bus" / "pci" / "drivers" / driver).mkdir(exist_ok=True)
             link(self.device(address) / "driver", f"../../drivers/{driver}")
-        if netdev:
-            (self.device(address) / "net" / netdev).mkdir(parents=True)
-        if elsewhere:
-            (self.device(address) / "net").mkdir(parents=True)
         if not (pf_device / f"virtfn{index}").is_symlink():
             link(pf_device / f"virtfn{index}", f"../{address}")
         self.vfinfo[pf][index] = {"vf": index} | {k: v for k, v in (VFINFO | info).items() if v is not None}
+        if netdev:
+            self.netdev(pf, index, netdev)
+        if elsewhere:
+            (self.device(address) / "net").mkdir(parents=True)
         return address
+
+    def netdev(self, pf, index, name):
+        """The netdev a VF driver makes on its probe, with the MAC the PF gives it (see probes_in_reset)."""
+        address = os.path.basename(os.readlink(self.device(self.pf_address(pf)) / f"virtfn{index}"))
+        mac = self.vfinfo[pf][index].get("address", "00:00:00:00:00:00").lower()
+        if self.probes_in_reset.get(address):
+            self.probes_in_reset[address] -= 1
+            mac = self.vfinfo[pf][index]["address"] = RANDOM_MAC
+        write(self.device(address) / "net" / name / "address", mac)
 
     def made(self, pf, count, **info):
         """count VFs of pf as the role leaves them: sriov_numvfs, each bound to mlx5_core, named <pf>v<i>."""
@@ -114,6 +127,18 @@ class Node:
                 return 0, json.dumps([{"ifname": pf, "flags": self.flags(pf), "vfinfo_list": vfs}]), ""
             case ["ip", "-j", "link", "show", "dev", netdev]:
                 return 0, json.dumps([{"ifname": netdev, "flags": self.flags(netdev)}]), ""
+            case ["ip", "link", "set", "dev", pf, "vf", index, *settings] if pf in self.vfinfo:
+                info = self.vfinfo[pf][int(index)]
+                for key, value in zip(settings[::2], settings[1::2], strict=True):
+                    match key:
+                        case "mac":
+                            info["address"] = value
+                        case "trust" | "spoofchk":
+                            info[key] = value == "on"
+                        case "vlan":
+                            info["vlan_list"] = [{"vlan": int(value)}]
+                        case "state":
+                            info["link_state"] = value
         return 0, "", ""
 
     def flags(self, netdev):
@@ -141,7 +166,7 @@ class Node:
                 self.bind(address, override)
             elif autoprobe:
                 self.bind(address, "mlx5_core")
-                (device / "net" / f"{pf}v{index}").mkdir(parents=True, exist_ok=True)
+                self.netdev(pf, index, f"{pf}v{index}")
         elif relative.startswith("bus/pci/devices/") and relative.endswith("/driver/unbind"):
             device = self.device(str(value))
             (device / "driver").unlink()
@@ -470,6 +495,69 @@ def test_new_vfs_get_their_settings_before_their_driver_probes_them(node, waits)
         "ens1f0v0",
         "ens1f0v1",
     ]
+
+
+def test_a_vf_probed_while_its_pf_resets_gets_its_mac_again_and_a_second_probe(node, waits):
+    for index in (0, 1):
+        node.vf("ens1f0", index, driver=None)
+    node.probes_in_reset["0000:01:10.0"] = 2
+    assert apply(node, [{"name": "ens1f0"} | SPEC]) == Applied(
+        NEW_VFS
+        + [
+            f"ip link set dev ens1f0 vf 0 mac {MAC0}",
+            "echo 0000:01:10.0 > 0000:01:10.0/driver/unbind",
+            "echo 0000:01:10.0 > drivers_probe",
+        ]
+        * 2,
+        None,
+    )
+    assert node.vfinfo["ens1f0"][0]["address"] == MAC0
+    assert node.read("0000:01:10.0/net/ens1f0v0/address") == f"{MAC0}\n"
+    assert waits == [1, 2]  # a second, then two, for the PF to finish its reset
+
+
+def test_a_vf_that_never_takes_its_mac_fails_the_run_naming_it(node, waits):
+    for index in (0, 1):
+        node.vf("ens1f0", index, driver=None)
+    node.probes_in_reset["0000:01:10.0"] = sriov.MAC_PROBES
+    applied = apply(node, [{"name": "ens1f0"} | SPEC])
+    assert applied.error == (
+        f"ens1f0: VF 0 (0000:01:10.0) shows MAC {RANDOM_MAC}, not {MAC0}, after {sriov.MAC_PROBES} probes; "
+        "the kernel log says why (dmesg | grep 0000:01:10.0)"
+    )
+    assert applied.changes.count("echo 0000:01:10.0 > drivers_probe") == sriov.MAC_PROBES
+    assert node.read(f"{PF1}/sriov_drivers_autoprobe") == "1\n"
+
+
+@pytest.mark.parametrize(
+    ("facts", "applied"),
+    [
+        (
+            {},
+            Applied(["echo 0000:01:10.0 > 0000:01:10.0/driver/unbind", "echo 0000:01:10.0 > drivers_probe"], None),
+        ),
+        (
+            {"ens1f0v0": {"addresses": ["10.0.0.5/24"], "master": None}},
+            Applied(
+                [],
+                None,
+                (
+                    "ens1f0: VF 0 is in use (ens1f0v0 carries 10.0.0.5/24) and keeps its settings; "
+                    f"it would take mac {MAC0}",
+                ),
+            ),
+        ),
+    ],
+    ids=["idle", "in-use"],
+)
+def test_a_bound_vf_whose_netdev_missed_its_mac_is_reloaded_unless_in_use(node, facts, applied):
+    """The PF has the plan's MAC, the VF's driver another: it probed while the PF was resetting."""
+    node.made("ens1f0", 2, trust=True, spoofchk=False)
+    node.vf("ens1f0", 0, netdev="ens1f0v0", trust=True, spoofchk=False, address=MAC0)
+    write(node.device("0000:01:10.0") / "net" / "ens1f0v0" / "address", RANDOM_MAC)
+    assert apply(node, [{"name": "ens1f0"} | SPEC], facts) == applied
+    if not facts:
+        assert node.read("0000:01:10.0/net/ens1f0v0/address") == f"{MAC0}\n"
 
 
 @pytest.mark.parametrize("count", [2, 4])
