@@ -497,6 +497,17 @@ def test_new_vfs_get_their_settings_before_their_driver_probes_them(node, waits)
     ]
 
 
+# VF 0 carries an address: a MAC it should take waits, reported, until it is free.
+IN_USE_WOULD_TAKE_MAC0 = (
+    {"ens1f0v0": {"addresses": ["10.0.0.5/24"], "master": None}},
+    Applied(
+        [],
+        None,
+        (f"ens1f0: VF 0 is in use (ens1f0v0 carries 10.0.0.5/24) and keeps its settings; it would take mac {MAC0}",),
+    ),
+)
+
+
 def test_a_vf_probed_while_its_pf_resets_gets_its_mac_again_and_a_second_probe(node, waits):
     for index in (0, 1):
         node.vf("ens1f0", index, driver=None)
@@ -536,17 +547,7 @@ def test_a_vf_that_never_takes_its_mac_fails_the_run_naming_it(node, waits):
             {},
             Applied(["echo 0000:01:10.0 > 0000:01:10.0/driver/unbind", "echo 0000:01:10.0 > drivers_probe"], None),
         ),
-        (
-            {"ens1f0v0": {"addresses": ["10.0.0.5/24"], "master": None}},
-            Applied(
-                [],
-                None,
-                (
-                    "ens1f0: VF 0 is in use (ens1f0v0 carries 10.0.0.5/24) and keeps its settings; "
-                    f"it would take mac {MAC0}",
-                ),
-            ),
-        ),
+        IN_USE_WOULD_TAKE_MAC0,
     ],
     ids=["idle", "in-use"],
 )
@@ -652,17 +653,7 @@ def test_a_bound_vf_whose_netdev_is_elsewhere_is_not_waited_for(node, waits):
                 None,
             ),
         ),
-        (
-            {"ens1f0v0": {"addresses": ["10.0.0.5/24"], "master": None}},
-            Applied(
-                [],
-                None,
-                (
-                    "ens1f0: VF 0 is in use (ens1f0v0 carries 10.0.0.5/24) and keeps its settings; "
-                    f"it would take mac {MAC0}",
-                ),
-            ),
-        ),
+        IN_USE_WOULD_TAKE_MAC0,
     ],
     ids=["idle", "in-use"],
 )
