@@ -105,25 +105,6 @@ sha256:
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.hpc_datapath import sriov as sriov_utils
 from ansible.module_utils.hpc_datapath.boot_program import install as install_boot_program
-from ansible.module_utils.hpc_datapath.iproute import ip_json
-
-
-def netdev_facts(module):
-    """name -> {addresses (global), master}: what makes a VF's netdev 'in use'."""
-    links = ip_json(module, ["addr", "show"])
-    if links is None:
-        module.fail_json(msg="sriov_vfs: ip -j addr show failed; the VFs in use cannot be told")
-    return {
-        link["ifname"]: {
-            "addresses": sorted(
-                f"{info['local']}/{info['prefixlen']}"
-                for info in link.get("addr_info", [])
-                if info.get("scope") == "global"
-            ),
-            "master": link.get("master"),
-        }
-        for link in links
-    }
 
 
 def main():
@@ -141,7 +122,10 @@ def main():
     state = module.params["state"]
     if state == "install":
         install_boot_program(module, sriov_utils, "sriov_vfs", module.params["boot_program"])
-    facts = netdev_facts(module)
+    try:
+        facts = sriov_utils.netdev_facts(module.run_command)
+    except sriov_utils.ApplyError as error:
+        module.fail_json(msg=f"sriov_vfs: {error}")
     if state == "plan":
         plan, problems = sriov_utils.plan(module.params["pfs"], facts, firmware=module.params["firmware"])
         vfio = any(vf["driver"] == "vfio-pci" for pf in plan["pfs"] for vf in pf["vfs"])

@@ -141,6 +141,28 @@ def existing_vfs(pf_pci, sys_root=SYS):
     return found
 
 
+def netdev_facts(run):
+    """name -> {addresses (global), master}: what makes a VF's netdev 'in use', from `ip -j addr
+    show`; fails where it cannot be read (then no VF can be told free)."""
+    rc, out, err = run(["ip", "-j", "addr", "show"])
+    try:
+        if rc != 0:
+            raise ValueError((err or "").strip())
+        return {
+            link["ifname"]: {
+                "addresses": sorted(
+                    f"{info['local']}/{info['prefixlen']}"
+                    for info in link.get("addr_info", [])
+                    if info.get("scope") == "global"
+                ),
+                "master": link.get("master"),
+            }
+            for link in json.loads(out)
+        }
+    except (ValueError, KeyError, TypeError) as error:
+        raise ApplyError(f"ip -j addr show cannot be read, so the VFs in use cannot be told: {error}") from error
+
+
 def in_use(vf, netdev_facts):
     """Why a VF is in use, or None. netdev_facts: name -> {'addresses': [...], 'master': str|None}."""
     facts = netdev_facts.get(vf["netdev"]) or {} if vf["netdev"] else {}
@@ -574,7 +596,8 @@ def _apply_vf(runner, pf, vf, info, netdev_facts, *, sys_root):
     state = vf_state(vf["pci_address"], sys_root)
     # A bound netdev driver took its MAC when it probed: it must probe again, for a new MAC or for
     # the one it missed (a probe while the PF was resetting).
-    missed = bool(vf["mac"] and state["netdev"]) and _own_mac(vf, state, sys_root) != vf["mac"]
+    own = _own_mac(vf, state, sys_root) if vf["driver"] == "netdev" and vf["mac"] and state["netdev"] else None
+    missed = own is not None and own != vf["mac"]  # unreadable: unknown, so nothing is reloaded for it
     reload = ("mac" in arguments or missed) and state["driver"] not in (None, "vfio-pci")
     busy = in_use(state, netdev_facts) if arguments or reload or _driver_wrong(vf, state) else None
     if busy:
@@ -648,33 +671,42 @@ def apply_pf(runner, pf_plan, netdev_facts, sys_root=SYS):
 
 def _probe_and_name(runner, pf, vfs, to_probe, sys_root):
     """Probe the VFs readied for their driver, check that each took it and its MAC, name each
-    netdev VF."""
+    netdev VF. A VF that never takes its MAC keeps neither the others from theirs nor their names."""
     for vf in to_probe:
         _probe(runner, vf, sys_root)
     if runner.check_mode:
         return
-    for vf in to_probe:
-        state = _probed(vf, sys_root)
-        for attempt in range(1, MAC_PROBES + 1):
-            shown = _mac_shown(runner, pf, vf, state, sys_root)
-            if shown is None:
-                break
-            if attempt == MAC_PROBES:
-                raise ApplyError(
-                    f"{pf}: VF {vf['index']} ({vf['pci_address']}) shows MAC {shown}, not {vf['mac']}, after "
-                    f"{MAC_PROBES} probes; the kernel log says why (dmesg | grep {vf['pci_address']})"
-                )
-            time.sleep(attempt)  # the PF finishes its reset meanwhile
-            runner.change(
-                ["ip", "link", "set", "dev", pf, "vf", str(vf["index"]), "mac", vf["mac"]],
-                f"VF {vf['index']} came up with MAC {shown}: set {vf['mac']} again and probe it again",
-            )
-            _unbind_for_mac(runner, vf, sys_root)
-            _probe(runner, vf, sys_root)
-            state = _probed(vf, sys_root)
+    missed = {vf["pci_address"]: problem for vf in to_probe if (problem := _until_its_mac(runner, pf, vf, sys_root))}
     for vf in vfs:
         if vf["driver"] == "netdev":
             _rename(runner, vf, vf_state(vf["pci_address"], sys_root))
+    if missed:
+        raise ApplyError(
+            f"{pf}: {'; '.join(missed.values())}; the kernel log says why (dmesg | grep -e {' -e '.join(missed)})"
+        )
+
+
+def _until_its_mac(runner, pf, vf, sys_root):
+    """Probe a VF just probed again until it shows its planned MAC; None, or what it shows after
+    the last probe, in a sentence."""
+    state = _probed(vf, sys_root)
+    for attempt in range(1, MAC_PROBES + 1):
+        shown = _mac_shown(runner, pf, vf, state, sys_root)
+        if shown is None:
+            return None
+        if attempt == MAC_PROBES:
+            return (
+                f"VF {vf['index']} ({vf['pci_address']}) shows MAC {shown}, not {vf['mac']}, after {MAC_PROBES} probes"
+            )
+        time.sleep(attempt)  # the PF finishes its reset meanwhile
+        runner.change(
+            ["ip", "link", "set", "dev", pf, "vf", str(vf["index"]), "mac", vf["mac"]],
+            f"VF {vf['index']} came up with MAC {shown}: set {vf['mac']} again and probe it again",
+        )
+        _unbind_for_mac(runner, vf, sys_root)
+        _probe(runner, vf, sys_root)
+        state = _probed(vf, sys_root)
+    return None
 
 
 def _unbind_for_mac(runner, vf, sys_root):
@@ -702,17 +734,22 @@ def _probed(vf, sys_root):
 
 
 def _own_mac(vf, state, sys_root):
-    """The MAC of a VF's netdev here, as its driver has it ("" where it cannot be read)."""
-    return _read(os.path.join(pci_device(vf["pci_address"], sys_root), "net", state["netdev"], "address"), "").lower()
+    """The MAC of a VF's netdev here as its driver took it (a bond port's own, not the bond's), or
+    None where it cannot be read."""
+    netdev = os.path.join(pci_device(vf["pci_address"], sys_root), "net", state["netdev"])
+    own = _read(os.path.join(netdev, "bonding_slave/perm_hwaddr")) or _read(os.path.join(netdev, "address"))
+    return own.lower() if own else None
 
 
 def _mac_shown(runner, pf, vf, state, sys_root):
     """The MAC a netdev VF with a planned one shows instead of it, through its PF or its own netdev
-    ("unreadable" where one cannot be read), or None where both show the plan's."""
+    ("unreadable" where its netdev's cannot be read), or None where both show the plan's."""
     if vf["driver"] != "netdev" or not vf["mac"]:
         return None
-    through_pf = (vf_info(runner, pf).get(vf["index"], {}).get("address") or "").lower()
-    for shown in (through_pf, _own_mac(vf, state, sys_root)):
+    info = vf_info(runner, pf)
+    if vf["index"] not in info:
+        raise ApplyError(f"{pf}: ip -d link no longer lists VF {vf['index']} ({vf['pci_address']})")
+    for shown in ((info[vf["index"]].get("address") or "").lower(), _own_mac(vf, state, sys_root)):
         if shown != vf["mac"]:
             return shown or "unreadable"
     return None
@@ -781,12 +818,19 @@ def main(argv):
     if not isinstance(pfs, list):
         print(f"hpc-sriov: the plan {options.plan} holds no list of PFs", file=sys.stderr)
         return 1
+    try:
+        # Started on a running node (a restart, or a run that starts the failed unit), it must tell
+        # the VFs in use as the module does.
+        facts = netdev_facts(_run)
+    except ApplyError as error:
+        print(f"hpc-sriov: {error}", file=sys.stderr)
+        return 1
     failed = 0
     # One PF that fails does not keep the others' VFs from coming back.
     for pf_plan in pfs:
         runner = Runner(_run)
         try:
-            apply_pf(runner, pf_plan, {}, options.sysfs)
+            apply_pf(runner, pf_plan, facts, options.sysfs)
         except ApplyError as error:
             print(f"hpc-sriov: {error}", file=sys.stderr)
             failed = 1

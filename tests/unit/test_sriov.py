@@ -52,6 +52,7 @@ class Node:
         # PCI address -> how many more probes of that VF come while its PF resets: igbvf then gets
         # no MAC from the PF, takes a random one and, the VF trusted, hands it to the PF.
         self.probes_in_reset = {}
+        self.links = []  # what `ip -j addr show` lists
         (self.sys / "bus" / "pci" / "drivers").mkdir(parents=True)
         write(self.sys / "class" / "net" / "eno1" / "address", "52:54:00:00:00:01")  # no SR-IOV
 
@@ -125,6 +126,8 @@ class Node:
                 count = int(self.read(f"{self.pf_address(pf)}/sriov_numvfs"))
                 vfs = [info for index, info in sorted(self.vfinfo[pf].items()) if index < count]
                 return 0, json.dumps([{"ifname": pf, "flags": self.flags(pf), "vfinfo_list": vfs}]), ""
+            case ["ip", "-j", "addr", "show"]:
+                return 0, json.dumps(self.links), ""
             case ["ip", "-j", "link", "show", "dev", netdev]:
                 return 0, json.dumps([{"ifname": netdev, "flags": self.flags(netdev)}]), ""
             case ["ip", "link", "set", "dev", pf, "vf", index, *settings] if pf in self.vfinfo:
@@ -527,17 +530,36 @@ def test_a_vf_probed_while_its_pf_resets_gets_its_mac_again_and_a_second_probe(n
     assert waits == [1, 2]  # a second, then two, for the PF to finish its reset
 
 
-def test_a_vf_that_never_takes_its_mac_fails_the_run_naming_it(node, waits):
+def test_a_vf_that_never_takes_its_mac_fails_the_run_naming_it_after_the_others_got_theirs(node, waits):
     for index in (0, 1):
         node.vf("ens1f0", index, driver=None)
     node.probes_in_reset["0000:01:10.0"] = sriov.MAC_PROBES
-    applied = apply(node, [{"name": "ens1f0"} | SPEC])
+    node.probes_in_reset["0000:01:10.2"] = 1
+    mac1 = "52:54:00:10:00:01"
+    applied = apply(node, [{"name": "ens1f0"} | SPEC | {"vfs": [{"index": 0, "mac": MAC0}, {"index": 1, "mac": mac1}]}])
     assert applied.error == (
         f"ens1f0: VF 0 (0000:01:10.0) shows MAC {RANDOM_MAC}, not {MAC0}, after {sriov.MAC_PROBES} probes; "
-        "the kernel log says why (dmesg | grep 0000:01:10.0)"
+        "the kernel log says why (dmesg | grep -e 0000:01:10.0)"
     )
     assert applied.changes.count("echo 0000:01:10.0 > drivers_probe") == sriov.MAC_PROBES
+    assert applied.changes.count("echo 0000:01:10.2 > drivers_probe") == 2
+    assert (node.vfinfo["ens1f0"][1]["address"], node.read("0000:01:10.2/net/ens1f0v1/address")) == (mac1, f"{mac1}\n")
     assert node.read(f"{PF1}/sriov_drivers_autoprobe") == "1\n"
+
+
+def test_a_vf_the_pf_no_longer_lists_after_its_probe_fails_at_once(node, waits, monkeypatch):
+    for index in (0, 1):
+        node.vf("ens1f0", index, driver=None)
+    real, reads = sriov.vf_info, []
+
+    def listed_before_the_probe_only(runner, pf):
+        reads.append(pf)
+        return real(runner, pf) if len(reads) == 1 else {}
+
+    monkeypatch.setattr(sriov, "vf_info", listed_before_the_probe_only)
+    applied = apply(node, [{"name": "ens1f0"} | SPEC])
+    assert applied.error == "ens1f0: ip -d link no longer lists VF 0 (0000:01:10.0)"
+    assert waits == []
 
 
 @pytest.mark.parametrize(
@@ -559,6 +581,51 @@ def test_a_bound_vf_whose_netdev_missed_its_mac_is_reloaded_unless_in_use(node, 
     assert apply(node, [{"name": "ens1f0"} | SPEC], facts) == applied
     if not facts:
         assert node.read("0000:01:10.0/net/ens1f0v0/address") == f"{MAC0}\n"
+
+
+def test_a_vf_whose_own_mac_cannot_be_read_is_left_alone(node):
+    """Unreadable is unknown: a netdev moved away between the listing and the read is not reloaded."""
+    node.made("ens1f0", 2, trust=True, spoofchk=False)
+    node.vf("ens1f0", 0, netdev="ens1f0v0", trust=True, spoofchk=False, address=MAC0)
+    (node.device("0000:01:10.0") / "net" / "ens1f0v0" / "address").unlink()
+    assert apply(node, [{"name": "ens1f0"} | SPEC]) == Applied([], None)
+
+
+def test_a_vf_that_is_a_bond_port_is_judged_by_its_own_mac_not_the_bonds(node):
+    node.made("ens1f0", 2, trust=True, spoofchk=False)
+    node.vf("ens1f0", 0, netdev="ens1f0v0", trust=True, spoofchk=False, address=MAC0)
+    netdev = node.device("0000:01:10.0") / "net" / "ens1f0v0"
+    write(netdev / "address", "52:54:00:99:99:99")  # the bond's
+    write(netdev / "bonding_slave" / "perm_hwaddr", MAC0)
+    facts = {"ens1f0v0": {"addresses": [], "master": "bond0"}}
+    assert apply(node, [{"name": "ens1f0"} | SPEC], facts) == Applied([], None)
+
+
+def test_the_boot_program_started_on_a_running_node_leaves_a_vf_in_use_alone(node, tmp_path, capsys, monkeypatch):
+    """A restart of the unit, or a run that starts it after it failed at boot, tells VFs in use."""
+    node.made("ens1f0", 2, trust=True, spoofchk=False)
+    node.vf("ens1f0", 0, netdev="ens1f0v0", trust=True, spoofchk=False, address=MAC0)
+    write(node.device("0000:01:10.0") / "net" / "ens1f0v0" / "address", RANDOM_MAC)
+    node.links = [{"ifname": "ens1f0v0", "addr_info": [{"local": "10.0.0.5", "prefixlen": 24, "scope": "global"}]}]
+    the_plan, _ = plan(node, [{"name": "ens1f0"} | SPEC])
+    (tmp_path / "sriov.json").write_text(json.dumps(the_plan))
+    monkeypatch.setattr(sriov, "_run", node)
+    assert sriov.main(["sriov.py", "--sysfs", str(node.sys), str(tmp_path / "sriov.json")]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert node.settings_made() == []
+
+
+def test_the_boot_program_changes_nothing_where_it_cannot_tell_the_vfs_in_use(node, tmp_path, capsys, monkeypatch):
+    node.made("ens1f0", 2)
+    node.answers["ip", "-j", "addr", "show"] = (1, "", "Cannot open netlink socket\n")
+    the_plan, _ = plan(node, [{"name": "ens1f0"} | SPEC])
+    (tmp_path / "sriov.json").write_text(json.dumps(the_plan))
+    monkeypatch.setattr(sriov, "_run", node)
+    assert sriov.main(["sriov.py", "--sysfs", str(node.sys), str(tmp_path / "sriov.json")]) == 1
+    assert capsys.readouterr().err == (
+        "hpc-sriov: ip -j addr show cannot be read, so the VFs in use cannot be told: Cannot open netlink socket\n"
+    )
+    assert node.settings_made() == []
 
 
 @pytest.mark.parametrize("count", [2, 4])
